@@ -1,1 +1,10 @@
-//! scorer-protocol
+//! Types shared by the API, the worker and the engine: the SGLang-compatible `/v1/score` request and
+//! response, the tokenized job the worker scores, and the backend trait the engine implements.
+
+pub mod job;
+pub mod score;
+
+pub use score::{
+    DEFAULT_MODEL_NAME, Items, LabelIds, ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest,
+    ScoreResponse, TextOrTokens, Usage, Validated, ValidatedInput, ValidationError,
+};
