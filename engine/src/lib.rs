@@ -1,1 +1,2 @@
 //! scorer-engine
+pub mod pjrt;
