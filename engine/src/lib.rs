@@ -1,2 +1,3 @@
 //! scorer-engine
 pub mod pjrt;
+pub mod hlo;
