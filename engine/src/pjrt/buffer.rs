@@ -96,7 +96,10 @@ impl Buffer {
         let ty = ElementType::from_raw(t.type_).ok_or_else(|| {
             Error::local(
                 code::UNIMPLEMENTED,
-                format!("buffer element type {} (PJRT_Buffer_Type) is not supported", t.type_),
+                format!(
+                    "buffer element type {} (PJRT_Buffer_Type) is not supported",
+                    t.type_
+                ),
             )
         })?;
         let mut d = ffi::PJRT_Buffer_Dimensions_Args {
@@ -137,7 +140,11 @@ impl Buffer {
             buffer: self.inner.raw,
             on_device_size_in_bytes: 0,
         };
-        pjrt_call!(self.inner.client.api(), PJRT_Buffer_OnDeviceSizeInBytes, &mut a)?;
+        pjrt_call!(
+            self.inner.client.api(),
+            PJRT_Buffer_OnDeviceSizeInBytes,
+            &mut a
+        )?;
         Ok(a.on_device_size_in_bytes)
     }
 
@@ -169,7 +176,10 @@ impl Buffer {
         };
         pjrt_call!(self.inner.client.api(), PJRT_Buffer_CopyToDevice, &mut a)?;
         let raw = RawBuffer::new(self.inner.client.clone(), a.dst_buffer).ok_or_else(|| {
-            Error::local(code::INTERNAL, "PJRT_Buffer_CopyToDevice returned no buffer")
+            Error::local(
+                code::INTERNAL,
+                "PJRT_Buffer_CopyToDevice returned no buffer",
+            )
         })?;
         Buffer::from_raw(raw)
     }
@@ -245,7 +255,10 @@ impl Buffer {
         if n * size_of::<T>() != len {
             return Err(Error::local(
                 code::INTERNAL,
-                format!("plugin reports {len} host bytes for {n} {:?} elements", self.ty),
+                format!(
+                    "plugin reports {len} host bytes for {n} {:?} elements",
+                    self.ty
+                ),
             ));
         }
         let mut out: Vec<T> = Vec::with_capacity(n);

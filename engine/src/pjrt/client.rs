@@ -124,7 +124,10 @@ impl Client {
         };
         pjrt_call!(api, PJRT_Client_Create, &mut a)?;
         if a.client.is_null() {
-            return Err(Error::local(code::INTERNAL, "PJRT_Client_Create returned no client"));
+            return Err(Error::local(
+                code::INTERNAL,
+                "PJRT_Client_Create returned no client",
+            ));
         }
         // Own the client before anything else can fail, so it is destroyed on error.
         let mut inner = ClientInner {
@@ -255,7 +258,10 @@ impl Client {
         // Blocking here is what keeps `bytes` borrowed until the plugin has copied it.
         done.wait()?;
         let raw = raw.ok_or_else(|| {
-            Error::local(code::INTERNAL, "PJRT_Client_BufferFromHostBuffer returned no buffer")
+            Error::local(
+                code::INTERNAL,
+                "PJRT_Client_BufferFromHostBuffer returned no buffer",
+            )
         })?;
         count_h2d(expected as u64);
         Buffer::from_raw(raw)

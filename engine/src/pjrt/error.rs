@@ -136,7 +136,11 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let origin = if self.from_plugin { "PJRT" } else { "pjrt layer" };
+        let origin = if self.from_plugin {
+            "PJRT"
+        } else {
+            "pjrt layer"
+        };
         write!(f, "{origin} error {}: {}", self.code_name(), self.message)
     }
 }

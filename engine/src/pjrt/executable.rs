@@ -48,7 +48,10 @@ impl LoadedExecutable {
         raw: *mut ffi::PJRT_LoadedExecutable,
     ) -> Result<LoadedExecutable> {
         if raw.is_null() {
-            return Err(Error::local(code::INTERNAL, "the plugin returned no executable"));
+            return Err(Error::local(
+                code::INTERNAL,
+                "the plugin returned no executable",
+            ));
         }
         let mut exe = LoadedExecutable {
             client,
@@ -77,7 +80,10 @@ impl LoadedExecutable {
         };
         pjrt_call!(api, PJRT_LoadedExecutable_GetExecutable, &mut a)?;
         if a.executable.is_null() {
-            return Err(Error::local(code::INTERNAL, "PJRT_LoadedExecutable_GetExecutable returned null"));
+            return Err(Error::local(
+                code::INTERNAL,
+                "PJRT_LoadedExecutable_GetExecutable returned null",
+            ));
         }
         Ok(ExecutableView {
             api,
@@ -187,7 +193,10 @@ impl LoadedExecutable {
             unsafe { deleter(a.serialized_executable) };
         }
         if bytes.is_empty() {
-            return Err(Error::local(code::INTERNAL, "PJRT_Executable_Serialize returned no bytes"));
+            return Err(Error::local(
+                code::INTERNAL,
+                "PJRT_Executable_Serialize returned no bytes",
+            ));
         }
         Ok(bytes)
     }

@@ -198,7 +198,10 @@ impl Plugin {
         // never unload.
         let raw = unsafe { get_api() };
         if raw.is_null() {
-            return Err(fail(format!("{}: GetPjrtApi returned null", path.display())));
+            return Err(fail(format!(
+                "{}: GetPjrtApi returned null",
+                path.display()
+            )));
         }
         // SAFETY: non-null, static, and the library stays loaded for the process.
         let table: &'static ffi::PJRT_Api = unsafe { &*raw };
