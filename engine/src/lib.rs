@@ -1,3 +1,5 @@
 //! scorer-engine
 pub mod pjrt;
 pub mod hlo;
+pub mod tokenizer;
+pub mod weights;
