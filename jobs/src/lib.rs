@@ -1,1 +1,21 @@
-//! scorer-jobs
+//! The service's durable plumbing, each behind a trait with two implementations that pass one
+//! contract test suite:
+//! - [`JobQueue`]: RabbitMQ ([`AmqpQueue`]) or an in-process priority queue ([`MemoryQueue`]);
+//! - [`ResultStore`]: Redis ([`RedisResultStore`]) or in-process ([`MemoryResultStore`]);
+//! - [`AuditStore`]: Postgres ([`PostgresAuditStore`]) or in-process ([`MemoryAuditStore`]).
+
+pub mod audit;
+mod error;
+pub mod queue;
+pub mod results;
+pub mod webhook;
+
+pub use audit::{
+    AuditStore, CancelOutcome, Inserted, MemoryAuditStore, PostgresAuditStore, StartOutcome,
+};
+pub use error::StoreError;
+pub use queue::{
+    AmqpQueue, AmqpTopology, DeadLetter, Delivery, DeliveryAcker, JobConsumer, JobQueue,
+    MemoryQueue,
+};
+pub use results::{MemoryResultStore, RedisResultStore, ResultStore};

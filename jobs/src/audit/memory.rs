@@ -1,0 +1,118 @@
+//! In-process audit store for the embedded mode (not durable across restarts).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use scorer_protocol::job::{JobRecord, JobStatus};
+use uuid::Uuid;
+
+use super::{AuditStore, CancelOutcome, Inserted, StartOutcome, millis_between};
+use crate::StoreError;
+
+#[derive(Default)]
+pub struct MemoryAuditStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<Uuid, JobRecord>,
+    by_key: HashMap<(String, String), Uuid>,
+}
+
+impl MemoryAuditStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryAuditStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn insert(&self, record: &JobRecord) -> Result<Inserted, StoreError> {
+        let mut state = self.lock();
+        if let Some(existing) = state.jobs.get(&record.id) {
+            return Ok(Inserted::Existing(existing.clone()));
+        }
+        if let Some(key) = &record.idempotency_key {
+            let k = (record.tenant.clone(), key.clone());
+            if let Some(existing) = state.by_key.get(&k).and_then(|id| state.jobs.get(id)) {
+                return Ok(Inserted::Existing(existing.clone()));
+            }
+            state.by_key.insert(k, record.id);
+        }
+        state.jobs.insert(record.id, record.clone());
+        Ok(Inserted::Created)
+    }
+
+    async fn start(
+        &self,
+        id: Uuid,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<StartOutcome, StoreError> {
+        let mut state = self.lock();
+        let Some(job) = state.jobs.get_mut(&id) else {
+            return Ok(StartOutcome::Missing);
+        };
+        if job.status.is_terminal() {
+            return Ok(StartOutcome::NotRunnable(job.clone()));
+        }
+        job.status = JobStatus::Running;
+        job.attempts += 1;
+        job.worker = Some(worker.to_string());
+        job.started_at = Some(at);
+        job.queue_ms = Some(millis_between(job.created_at, at));
+        Ok(StartOutcome::Started(job.clone()))
+    }
+
+    async fn finish(&self, record: &JobRecord) -> Result<JobRecord, StoreError> {
+        let mut state = self.lock();
+        let stored = state
+            .jobs
+            .entry(record.id)
+            .or_insert_with(|| record.clone());
+        if !stored.status.is_terminal() {
+            let request = stored.request.take();
+            let attempts = stored.attempts.max(record.attempts);
+            let started_at = record.started_at.or(stored.started_at);
+            let queue_ms = record.queue_ms.or(stored.queue_ms);
+            *stored = record.clone();
+            stored.request = stored.request.take().or(request);
+            stored.attempts = attempts;
+            stored.started_at = started_at;
+            stored.queue_ms = queue_ms;
+        }
+        Ok(stored.clone())
+    }
+
+    async fn cancel(&self, id: Uuid, at: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
+        let mut state = self.lock();
+        let Some(job) = state.jobs.get_mut(&id) else {
+            return Ok(CancelOutcome::Missing);
+        };
+        if job.status != JobStatus::Queued {
+            return Ok(CancelOutcome::TooLate(job.clone()));
+        }
+        job.status = JobStatus::Cancelled;
+        job.finished_at = Some(at);
+        Ok(CancelOutcome::Cancelled(job.clone()))
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.lock().jobs.get(&id).cloned())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

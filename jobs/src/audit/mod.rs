@@ -1,0 +1,79 @@
+//! The audit trail: one row per accepted job, from acceptance to its final state. It is also the
+//! arbiter of races (cancel against start, replays of an idempotency key, redeliveries).
+
+mod memory;
+mod postgres;
+
+pub use memory::MemoryAuditStore;
+pub use postgres::PostgresAuditStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use scorer_protocol::job::JobRecord;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+// Short-lived return values: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    Created,
+    /// A job with the same id, or the same tenant and idempotency key, already exists.
+    Existing(JobRecord),
+}
+
+// Short-lived return values: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartOutcome {
+    /// Now `running`, with the attempt counted.
+    Started(JobRecord),
+    /// Already terminal (cancelled, finished by an earlier delivery, ...): do not run it.
+    NotRunnable(JobRecord),
+    Missing,
+}
+
+// Short-lived return values: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    Cancelled(JobRecord),
+    /// It had started or finished already.
+    TooLate(JobRecord),
+    Missing,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Bring the schema up to date.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Record an accepted job (status `queued`).
+    async fn insert(&self, record: &JobRecord) -> Result<Inserted, StoreError>;
+
+    /// Move a job to `running` unless it is terminal, counting one more attempt and its queue
+    /// time.
+    async fn start(
+        &self,
+        id: Uuid,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<StartOutcome, StoreError>;
+
+    /// Upsert a terminal state by job id. A job already terminal keeps its state, so a
+    /// redelivered job finishing twice leaves one row with the first outcome. Returns the stored
+    /// row.
+    async fn finish(&self, record: &JobRecord) -> Result<JobRecord, StoreError>;
+
+    /// Cancel a job that has not started.
+    async fn cancel(&self, id: Uuid, at: DateTime<Utc>) -> Result<CancelOutcome, StoreError>;
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+fn millis_between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    (to - from).num_milliseconds().max(0)
+}

@@ -1,0 +1,30 @@
+/// Failures of the queue and the stores, split by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing service cannot be reached or refused the operation; worth retrying later
+    /// (the API answers 503).
+    #[error("{service} unavailable: {message}")]
+    Unavailable {
+        service: &'static str,
+        message: String,
+    },
+    /// Stored data that does not decode; retrying will not help.
+    #[error("corrupt {what}: {message}")]
+    Corrupt { what: &'static str, message: String },
+}
+
+impl StoreError {
+    pub fn unavailable(service: &'static str, err: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable {
+            service,
+            message: err.to_string(),
+        }
+    }
+
+    pub fn corrupt(what: &'static str, err: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            what,
+            message: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Where job state and results are kept for retrieval, with a completion notice for callers
+//! waiting on a job, and worker heartbeats.
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryResultStore;
+pub use redis_store::RedisResultStore;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use scorer_protocol::job::JobRecord;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+#[async_trait]
+pub trait ResultStore: Send + Sync + 'static {
+    /// Store the job's current state (with the store's TTL). A terminal state also notifies
+    /// everyone waiting on the job.
+    async fn put(&self, record: &JobRecord) -> Result<(), StoreError>;
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Wait until the job is terminal, at most `timeout`. `Ok(None)` when it is not terminal by
+    /// then. Subscribes before looking, so a completion between the look and the wait is seen.
+    async fn wait_terminal(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Record that `worker` is alive now.
+    async fn heartbeat(&self, worker: &str) -> Result<(), StoreError>;
+
+    /// Workers heard from within `within`.
+    async fn live_workers(&self, within: Duration) -> Result<Vec<String>, StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+}

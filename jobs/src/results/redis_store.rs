@@ -1,0 +1,161 @@
+//! Redis result store: `{prefix}:job:{id}` holds the job as JSON with a TTL; a terminal state is
+//! announced on `{prefix}:done:{id}`; heartbeats are a sorted set `{prefix}:workers` scored by
+//! the time each worker was last heard from.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use scorer_protocol::job::JobRecord;
+use uuid::Uuid;
+
+use super::ResultStore;
+use crate::StoreError;
+
+const SERVICE: &str = "redis";
+
+#[derive(Clone)]
+pub struct RedisResultStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::unavailable(SERVICE, e)
+}
+
+impl RedisResultStore {
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        // Bounded timeouts so a dead Redis turns into a quick 503 instead of a hung request;
+        // the manager reconnects by itself with backoff.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(3)
+            .set_max_delay(2_000);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(RedisResultStore {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            ttl,
+        })
+    }
+
+    fn job_key(&self, id: Uuid) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    fn done_channel(&self, id: Uuid) -> String {
+        format!("{}:done:{id}", self.prefix)
+    }
+
+    fn workers_key(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    fn decode(raw: Option<String>) -> Result<Option<JobRecord>, StoreError> {
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::corrupt("job record", e)))
+            .transpose()
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[async_trait]
+impl ResultStore for RedisResultStore {
+    async fn put(&self, record: &JobRecord) -> Result<(), StoreError> {
+        let mut stored = record.clone();
+        stored.request = None;
+        let json =
+            serde_json::to_string(&stored).map_err(|e| StoreError::corrupt("job record", e))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set_ex(self.job_key(record.id), json, self.ttl.as_secs().max(1))
+            .ignore();
+        if record.status.is_terminal() {
+            pipe.publish(self.done_channel(record.id), record.status.as_str())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn.get(self.job_key(id)).await.map_err(unavailable)?;
+        Self::decode(raw)
+    }
+
+    async fn wait_terminal(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pubsub = tokio::time::timeout_at(deadline, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| StoreError::unavailable(SERVICE, "timed out connecting for pub/sub"))?
+            .map_err(unavailable)?;
+        pubsub
+            .subscribe(self.done_channel(id))
+            .await
+            .map_err(unavailable)?;
+        // Subscribed: any completion from here on reaches us, so looking now cannot miss one.
+        if let Some(r) = self.get(id).await?.filter(|r| r.status.is_terminal()) {
+            return Ok(Some(r));
+        }
+        let mut messages = pubsub.on_message();
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Err(_) => Ok(None),
+            Ok(None) => Err(StoreError::unavailable(
+                SERVICE,
+                "pub/sub connection closed",
+            )),
+            Ok(Some(_)) => {
+                drop(messages);
+                Ok(self.get(id).await?.filter(|r| r.status.is_terminal()))
+            }
+        }
+    }
+
+    async fn heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.workers_key();
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.zadd(&key, worker, now)
+            .ignore()
+            // Forget workers silent for an hour so the set does not grow forever.
+            .zrembyscore(&key, 0, now - 3_600_000)
+            .ignore();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn live_workers(&self, within: Duration) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let since = now_ms() - within.as_millis() as i64;
+        conn.zrangebyscore(self.workers_key(), since, "+inf")
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+}

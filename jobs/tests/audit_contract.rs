@@ -1,0 +1,198 @@
+//! One contract for every `AuditStore`: each check runs against Postgres and the in-process store.
+
+mod common;
+
+use common::{database_url, unique};
+use scorer_jobs::{
+    AuditStore, CancelOutcome, Inserted, MemoryAuditStore, PostgresAuditStore, StartOutcome,
+};
+use scorer_protocol::ScoreResponse;
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus, now_millis};
+use uuid::Uuid;
+
+fn record() -> JobRecord {
+    let mut r = JobRecord::queued(
+        Uuid::new_v4(),
+        unique("tenant"),
+        JobKind::Async,
+        "m",
+        JobPriority::Bulk,
+    );
+    r.request =
+        Some(serde_json::json!({"query": "q", "items": ["a", "b"], "label_token_ids": [1, 2]}));
+    r.webhook = Some("http://127.0.0.1:9/hook".into());
+    r
+}
+
+fn outcome(mut r: JobRecord, status: JobStatus) -> JobRecord {
+    r.status = status;
+    r.finished_at = Some(now_millis());
+    r.inference_ms = Some(12);
+    r.prompt_tokens = Some(6);
+    match status {
+        JobStatus::Succeeded => r.result = Some(ScoreResponse::new(vec![vec![0.5, 0.125]], "m", 6)),
+        _ => r.error = Some("engine failed".into()),
+    }
+    r
+}
+
+async fn insert_get_roundtrip(s: &dyn AuditStore) {
+    let r = record();
+    assert_eq!(s.get(r.id).await.expect("get"), None);
+    assert_eq!(s.insert(&r).await.expect("insert"), Inserted::Created);
+    assert_eq!(s.get(r.id).await.expect("get"), Some(r.clone()));
+    assert_eq!(
+        s.insert(&r).await.expect("insert again"),
+        Inserted::Existing(r.clone()),
+        "inserting the same id is harmless"
+    );
+    s.ping().await.expect("ping");
+}
+
+async fn idempotency_key_is_per_tenant(s: &dyn AuditStore) {
+    let key = unique("key");
+    let mut first = record();
+    first.idempotency_key = Some(key.clone());
+    first.request_hash = Some("hash-1".into());
+    assert_eq!(s.insert(&first).await.expect("insert"), Inserted::Created);
+
+    let mut replay = record();
+    replay.tenant = first.tenant.clone();
+    replay.idempotency_key = Some(key.clone());
+    replay.request_hash = Some("hash-2".into());
+    assert_eq!(
+        s.insert(&replay).await.expect("insert"),
+        Inserted::Existing(first.clone()),
+        "same tenant and key: the original job, with its hash for the caller to compare"
+    );
+    assert_eq!(s.get(replay.id).await.expect("get"), None, "no second row");
+
+    let mut other_tenant = record();
+    other_tenant.idempotency_key = Some(key);
+    assert_eq!(
+        s.insert(&other_tenant).await.expect("insert"),
+        Inserted::Created
+    );
+}
+
+async fn start_counts_attempts(s: &dyn AuditStore) {
+    assert_eq!(
+        s.start(Uuid::new_v4(), "w", now_millis())
+            .await
+            .expect("start"),
+        StartOutcome::Missing
+    );
+    let r = record();
+    s.insert(&r).await.expect("insert");
+    let at = r.created_at + chrono::Duration::milliseconds(250);
+    let StartOutcome::Started(started) = s.start(r.id, "worker-1", at).await.expect("start") else {
+        panic!("a queued job starts");
+    };
+    assert_eq!(started.status, JobStatus::Running);
+    assert_eq!(started.attempts, 1);
+    assert_eq!(started.worker.as_deref(), Some("worker-1"));
+    assert_eq!(started.started_at, Some(at));
+    assert_eq!(started.queue_ms, Some(250));
+    assert_eq!(
+        started.webhook, r.webhook,
+        "the worker learns the webhook here"
+    );
+    // A redelivery after a crash starts it again.
+    let StartOutcome::Started(again) = s.start(r.id, "worker-2", at).await.expect("start") else {
+        panic!("a running job restarts on redelivery");
+    };
+    assert_eq!(again.attempts, 2);
+    assert_eq!(again.worker.as_deref(), Some("worker-2"));
+}
+
+async fn finish_is_idempotent(s: &dyn AuditStore) {
+    let r = record();
+    s.insert(&r).await.expect("insert");
+    let StartOutcome::Started(running) = s.start(r.id, "w", now_millis()).await.expect("start")
+    else {
+        panic!("starts");
+    };
+    let done = outcome(running.clone(), JobStatus::Succeeded);
+    let stored = s.finish(&done).await.expect("finish");
+    assert_eq!(stored, done);
+    // A second delivery finishing differently does not rewrite history.
+    let late = outcome(running, JobStatus::Failed);
+    assert_eq!(s.finish(&late).await.expect("finish"), done);
+    assert_eq!(s.get(r.id).await.expect("get"), Some(done.clone()));
+    assert_eq!(
+        s.start(r.id, "w", now_millis()).await.expect("start"),
+        StartOutcome::NotRunnable(done),
+        "a finished job does not run again"
+    );
+}
+
+async fn finish_upserts_missing_row(s: &dyn AuditStore) {
+    let mut r = outcome(record(), JobStatus::Failed);
+    r.attempts = 3;
+    assert_eq!(s.finish(&r).await.expect("finish"), r);
+    assert_eq!(s.get(r.id).await.expect("get"), Some(r));
+}
+
+async fn cancel_only_before_start(s: &dyn AuditStore) {
+    assert_eq!(
+        s.cancel(Uuid::new_v4(), now_millis())
+            .await
+            .expect("cancel"),
+        CancelOutcome::Missing
+    );
+    let queued = record();
+    s.insert(&queued).await.expect("insert");
+    let at = now_millis();
+    let CancelOutcome::Cancelled(c) = s.cancel(queued.id, at).await.expect("cancel") else {
+        panic!("a queued job cancels");
+    };
+    assert_eq!((c.status, c.finished_at), (JobStatus::Cancelled, Some(at)));
+    assert!(matches!(
+        s.start(queued.id, "w", now_millis()).await.expect("start"),
+        StartOutcome::NotRunnable(r) if r.status == JobStatus::Cancelled
+    ));
+
+    let running = record();
+    s.insert(&running).await.expect("insert");
+    s.start(running.id, "w", now_millis()).await.expect("start");
+    assert!(matches!(
+        s.cancel(running.id, now_millis()).await.expect("cancel"),
+        CancelOutcome::TooLate(r) if r.status == JobStatus::Running
+    ));
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = PostgresAuditStore::connect(&database_url())
+                        .await
+                        .expect("Postgres reachable");
+                    s.migrate().await.expect("migrate");
+                    super::$name(&s).await;
+                }
+            )*
+        }
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&MemoryAuditStore::new()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    insert_get_roundtrip,
+    idempotency_key_is_per_tenant,
+    start_counts_attempts,
+    finish_is_idempotent,
+    finish_upserts_missing_row,
+    cancel_only_before_start,
+);

@@ -1,0 +1,161 @@
+//! One contract for every `ResultStore`: each check runs against Redis and the in-process store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{redis_url, unique};
+use scorer_jobs::{MemoryResultStore, RedisResultStore, ResultStore};
+use scorer_protocol::ScoreResponse;
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus, now_millis};
+use uuid::Uuid;
+
+fn record() -> JobRecord {
+    let mut r = JobRecord::queued(
+        Uuid::new_v4(),
+        "tenant-a",
+        JobKind::Async,
+        "m",
+        JobPriority::Async,
+    );
+    r.request = Some(serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1]}));
+    r
+}
+
+fn succeeded(mut r: JobRecord) -> JobRecord {
+    r.status = JobStatus::Succeeded;
+    r.result = Some(ScoreResponse::new(vec![vec![0.25, 0.75]], "m", 5));
+    r.prompt_tokens = Some(5);
+    r.finished_at = Some(now_millis());
+    r
+}
+
+async fn put_get_roundtrip(s: &dyn ResultStore) {
+    let r = succeeded(record());
+    assert_eq!(s.get(r.id).await.expect("get"), None);
+    s.put(&r).await.expect("put");
+    let got = s.get(r.id).await.expect("get").expect("stored");
+    let mut expected = r.clone();
+    expected.request = None;
+    assert_eq!(got, expected, "everything but the request body is kept");
+    s.ping().await.expect("ping");
+}
+
+async fn waiter_sees_later_completion(s: &dyn ResultStore) {
+    let r = record();
+    s.put(&r).await.expect("put queued");
+    let done = succeeded(r.clone());
+    let (got, ()) = tokio::join!(s.wait_terminal(r.id, Duration::from_secs(10)), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut running = r.clone();
+        running.status = JobStatus::Running;
+        s.put(&running).await.expect("put running");
+        s.put(&done).await.expect("put done");
+    });
+    let got = got.expect("wait").expect("completion seen");
+    assert_eq!(got.status, JobStatus::Succeeded);
+    assert_eq!(got.result, done.result);
+}
+
+async fn wait_returns_terminal_at_once(s: &dyn ResultStore) {
+    let r = succeeded(record());
+    s.put(&r).await.expect("put");
+    let started = std::time::Instant::now();
+    let got = s
+        .wait_terminal(r.id, Duration::from_secs(10))
+        .await
+        .expect("wait");
+    assert_eq!(got.map(|g| g.status), Some(JobStatus::Succeeded));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+async fn wait_times_out_on_unfinished(s: &dyn ResultStore) {
+    let r = record();
+    s.put(&r).await.expect("put");
+    let (got, ()) = tokio::join!(s.wait_terminal(r.id, Duration::from_millis(700)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut running = r.clone();
+        running.status = JobStatus::Running;
+        s.put(&running).await.expect("put running");
+    });
+    assert_eq!(
+        got.expect("wait"),
+        None,
+        "a non-terminal update does not end the wait"
+    );
+    assert_eq!(
+        s.get(r.id).await.expect("get").map(|g| g.status),
+        Some(JobStatus::Running)
+    );
+}
+
+async fn entries_expire(s: &dyn ResultStore) {
+    let r = record();
+    s.put(&r).await.expect("put");
+    assert!(s.get(r.id).await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(s.get(r.id).await.expect("get"), None, "gone after the TTL");
+}
+
+async fn heartbeats_mark_live_workers(s: &dyn ResultStore) {
+    assert!(
+        s.live_workers(Duration::from_secs(10))
+            .await
+            .expect("live")
+            .is_empty()
+    );
+    s.heartbeat("worker-1").await.expect("beat");
+    s.heartbeat("worker-2").await.expect("beat");
+    let mut live = s.live_workers(Duration::from_secs(10)).await.expect("live");
+    live.sort();
+    assert_eq!(live, vec!["worker-1".to_string(), "worker-2".to_string()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.heartbeat("worker-2").await.expect("beat");
+    let live = s
+        .live_workers(Duration::from_millis(150))
+        .await
+        .expect("live");
+    assert_eq!(
+        live,
+        vec!["worker-2".to_string()],
+        "silent workers drop out"
+    );
+}
+
+/// The TTL the entries_expire check relies on (Redis TTLs are whole seconds).
+const TTL: Duration = Duration::from_secs(2);
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = RedisResultStore::connect(&redis_url(), &unique("test"), TTL)
+                        .await
+                        .expect("Redis reachable");
+                    super::$name(&s).await;
+                }
+            )*
+        }
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&MemoryResultStore::new(TTL)).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    put_get_roundtrip,
+    waiter_sees_later_completion,
+    wait_returns_terminal_at_once,
+    wait_times_out_on_unfinished,
+    entries_expire,
+    heartbeats_mark_live_workers,
+);
