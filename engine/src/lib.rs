@@ -1,5 +1,11 @@
-//! scorer-engine
-pub mod pjrt;
+//! The scoring engine: PJRT plugin loading, a StableHLO builder, Qwen2/Llama prefill programs,
+//! GGUF and safetensors weights, the tokenizer, and `/v1/score` semantics on top. Usable alone
+//! (tests, benches, bulk) or behind the service through [`runtime::Engine`]'s `ScoreBackend`.
 pub mod hlo;
+pub mod model;
+pub mod packing;
+pub mod pjrt;
+pub mod runtime;
+pub mod scoring;
 pub mod tokenizer;
 pub mod weights;

@@ -1,0 +1,195 @@
+//! `/v1/score` semantics on top of the tokenizer and the model (brief §1).
+//!
+//! [`prepare`] turns a request into complete prompt token ids (text is joined as strings and
+//! tokenized once, token ids are joined as lists) plus labels per item, checking everything that
+//! needs the vocabulary. [`finish_row`] turns one scored position's label values into scores.
+
+use scorer_protocol::{ScoreJob, ScoreRequest, ValidatedInput, ValidationError};
+
+use crate::tokenizer::Tokenizer;
+
+/// Request limits, explicit and documented (docs/API.md). A request over a limit gets a 400 that
+/// names the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Items in one request.
+    pub max_items: usize,
+    /// Tokens in one prompt (query + item).
+    pub max_prompt_tokens: usize,
+    /// Tokens over all prompts of one request.
+    pub max_request_tokens: usize,
+    /// Label ids per item.
+    pub max_labels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_items: 1024,
+            max_prompt_tokens: 2048,
+            max_request_tokens: 262_144,
+            max_labels: 128,
+        }
+    }
+}
+
+/// Validates and tokenizes a request. `vocab_size` is the model's (embedding rows), which bounds
+/// every id the request may name.
+pub fn prepare(
+    req: &ScoreRequest,
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+    limits: &Limits,
+) -> Result<ScoreJob, ValidationError> {
+    let v = req.validate()?;
+    let prompts: Vec<Vec<u32>> = match &v.input {
+        ValidatedInput::Text { query, items } => {
+            check_items(items.len(), limits)?;
+            items
+                .iter()
+                .map(|item| {
+                    let text = if v.item_first {
+                        format!("{item}{query}")
+                    } else {
+                        format!("{query}{item}")
+                    };
+                    tokenizer
+                        .encode(&text)
+                        .map_err(|e| ValidationError::new(format!("could not tokenize: {e:#}")))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        ValidatedInput::Tokens { query, items } => {
+            check_items(items.len(), limits)?;
+            check_vocab(query, vocab_size)?;
+            items
+                .iter()
+                .map(|item| {
+                    check_vocab(item, vocab_size)?;
+                    let (first, second) = if v.item_first {
+                        (item, query)
+                    } else {
+                        (query, item)
+                    };
+                    Ok([first.as_slice(), second.as_slice()].concat())
+                })
+                .collect::<Result<_, ValidationError>>()?
+        }
+    };
+    for labels in &v.labels {
+        check_vocab(labels, vocab_size)?;
+        if labels.len() > limits.max_labels {
+            return Err(ValidationError::new(format!(
+                "label_token_ids has {} ids; the limit is {} per item",
+                labels.len(),
+                limits.max_labels
+            )));
+        }
+    }
+    let mut total = 0usize;
+    for (i, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(ValidationError::new(format!(
+                "item {i}: the prompt (query + item) is empty; there is no position to score"
+            )));
+        }
+        if prompt.len() > limits.max_prompt_tokens {
+            return Err(ValidationError::new(format!(
+                "item {i}: the prompt has {} tokens; the limit is {} tokens per prompt",
+                prompt.len(),
+                limits.max_prompt_tokens
+            )));
+        }
+        total += prompt.len();
+    }
+    if total > limits.max_request_tokens {
+        return Err(ValidationError::new(format!(
+            "the request has {total} prompt tokens; the limit is {} per request",
+            limits.max_request_tokens
+        )));
+    }
+    Ok(ScoreJob {
+        prompts,
+        labels: v.labels,
+        apply_softmax: v.apply_softmax,
+        temperature: v.temperature,
+    })
+}
+
+fn check_items(n: usize, limits: &Limits) -> Result<(), ValidationError> {
+    if n > limits.max_items {
+        return Err(ValidationError::new(format!(
+            "the request has {n} items; the limit is {} items per request",
+            limits.max_items
+        )));
+    }
+    Ok(())
+}
+
+fn check_vocab(ids: &[u32], vocab_size: usize) -> Result<(), ValidationError> {
+    match ids.iter().find(|&&id| id as usize >= vocab_size) {
+        Some(id) => Err(ValidationError::new(format!(
+            "Token ID {id} is out of vocabulary (vocab size: {vocab_size})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What the device returned for one scored position's labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowValues {
+    /// Log-probabilities under the full-vocabulary softmax.
+    Logprobs,
+    /// Raw logits of the label rows only (the full-vocabulary normaliser was never computed).
+    Logits,
+}
+
+/// Scores of one item from its label values. With `apply_softmax` a softmax over the labels
+/// (values divided by the temperature) — the same whether the values are logits or logprobs, since
+/// they differ by a constant per row. Without it, the full-vocabulary probability `exp(logprob)`.
+pub fn finish_row(
+    values: &[f32],
+    kind: RowValues,
+    apply_softmax: bool,
+    temperature: f64,
+) -> Vec<f64> {
+    if apply_softmax {
+        let scaled: Vec<f64> = values.iter().map(|&v| f64::from(v) / temperature).collect();
+        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let exps: Vec<f64> = scaled.iter().map(|v| (v - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        exps.into_iter().map(|e| e / sum).collect()
+    } else {
+        debug_assert_eq!(
+            kind,
+            RowValues::Logprobs,
+            "probabilities need full-vocabulary logprobs"
+        );
+        values.iter().map(|&v| f64::from(v).exp()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_ignore_shifts() {
+        let a = finish_row(&[1.0, 2.0, 3.0], RowValues::Logits, true, 1.0);
+        let b = finish_row(&[-9.0, -8.0, -7.0], RowValues::Logprobs, true, 1.0);
+        assert!((a.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-9);
+        }
+        // A higher temperature flattens the distribution.
+        let hot = finish_row(&[1.0, 2.0, 3.0], RowValues::Logits, true, 10.0);
+        assert!(hot[2] < a[2]);
+    }
+
+    #[test]
+    fn probabilities_are_exp_logprobs() {
+        let p = finish_row(&[0.0, (0.25f32).ln()], RowValues::Logprobs, false, 1.0);
+        assert!((p[0] - 1.0).abs() < 1e-12);
+        assert!((p[1] - 0.25).abs() < 1e-6);
+    }
+}
