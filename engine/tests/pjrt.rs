@@ -3,7 +3,9 @@
 //! (`SCORER_HOME` defaulting to `$HOME/.cache/scorer`); `scorer fetch` puts it there.
 
 use half::bf16;
-use scorer_engine::pjrt::{self, Buffer, Client, ElementType, LoadedExecutable, Plugin};
+use scorer_engine::pjrt::{
+    self, Buffer, Client, ClientOption, ElementType, LoadedExecutable, Plugin,
+};
 
 fn plugin() -> Plugin {
     let path = pjrt::default_plugin_path();
@@ -54,6 +56,15 @@ fn plugin_loads_with_api_0_81_or_newer() {
         attrs.iter().any(|(k, _)| k == "stablehlo_current_version"),
         "attributes: {attrs:?}"
     );
+}
+
+#[test]
+fn loading_something_else_fails_cleanly() {
+    let missing = Plugin::load(std::path::Path::new("/nonexistent/xla_cpu_pjrt.so")).unwrap_err();
+    assert_eq!(missing.code(), pjrt::code::NOT_FOUND, "{missing}");
+    // A real shared library found through the loader's search path, but no PJRT plugin.
+    let not_pjrt = Plugin::load(std::path::Path::new("libc.so.6")).unwrap_err();
+    assert!(not_pjrt.message().contains("GetPjrtApi"), "{not_pjrt}");
 }
 
 #[test]
@@ -310,4 +321,52 @@ fn handles_are_send_and_usable_from_another_thread() {
         .join()
         .unwrap();
     assert_eq!(result[0], 11.0);
+}
+
+#[test]
+fn client_options_reach_the_plugin() {
+    let c = Client::with_options(&plugin(), &[("cpu_device_count", ClientOption::Int64(2))])
+        .expect("client with options");
+    assert_eq!(c.device_count(), 2);
+    let exe = c.compile(ADD_2X3).unwrap();
+    assert_eq!(add_on(&c, &exe, 1).to_host::<f32>().unwrap()[0], 11.0);
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn dropped_buffers_and_outputs_free_their_memory() {
+    let c = client();
+    let exe = c
+        .compile(
+            r#"
+func.func @main(%a: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
+  %0 = stablehlo.add %a, %a : tensor<1024x1024xf32>
+  return %0 : tensor<1024x1024xf32>
+}
+"#,
+        )
+        .unwrap();
+    let host = vec![0.5f32; 1024 * 1024];
+    let mut round = || {
+        let a = c.buffer_from_host(&host, &[1024, 1024], 0).unwrap();
+        let out = exe.execute(&[&a]).unwrap();
+        assert_eq!(out[0].dims(), &[1024, 1024]);
+    };
+    round();
+    let before = resident_bytes();
+    // 150 rounds of a 4 MiB input and a 4 MiB output: 1.2 GiB if either leaked.
+    for _ in 0..150 {
+        round();
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 300 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
 }

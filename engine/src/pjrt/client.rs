@@ -105,15 +105,86 @@ pub struct Client {
     pub(crate) inner: Arc<ClientInner>,
 }
 
+/// A plugin-specific client creation option (`PJRT_NamedValue`), e.g. the CPU plugin's
+/// `cpu_device_count` (Int64), or a GPU plugin's `preallocate` / `memory_fraction`.
+///
+/// Pass the type the plugin expects: the CPU plugin ignores unknown names, and a known
+/// name with the wrong value type makes it throw a C++ exception through the C API,
+/// which aborts the process (Rust cannot catch foreign exceptions).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOption {
+    String(String),
+    Int64(i64),
+    Int64List(Vec<i64>),
+    Float(f32),
+    Bool(bool),
+}
+
 impl Client {
     /// Creates a client with the plugin's default options.
     pub fn new(plugin: &Plugin) -> Result<Client> {
+        Client::with_options(plugin, &[])
+    }
+
+    /// Creates a client with plugin-specific options (see [`ClientOption`] for the
+    /// caveats on names and types).
+    pub fn with_options(plugin: &Plugin, options: &[(&str, ClientOption)]) -> Result<Client> {
         let api = plugin.api();
+        // Every pointer below borrows from `options`, which outlives the call.
+        let named: Vec<ffi::PJRT_NamedValue> = options
+            .iter()
+            .map(|(name, value)| {
+                let (type_, value, value_size) = match value {
+                    ClientOption::String(s) => (
+                        ffi::PJRT_NamedValue_kString,
+                        ffi::PJRT_NamedValue_Value {
+                            string_value: s.as_ptr().cast(),
+                        },
+                        s.len(),
+                    ),
+                    ClientOption::Int64(v) => (
+                        ffi::PJRT_NamedValue_kInt64,
+                        ffi::PJRT_NamedValue_Value { int64_value: *v },
+                        1,
+                    ),
+                    ClientOption::Int64List(v) => (
+                        ffi::PJRT_NamedValue_kInt64List,
+                        ffi::PJRT_NamedValue_Value {
+                            int64_array_value: v.as_ptr(),
+                        },
+                        v.len(),
+                    ),
+                    ClientOption::Float(v) => (
+                        ffi::PJRT_NamedValue_kFloat,
+                        ffi::PJRT_NamedValue_Value { float_value: *v },
+                        1,
+                    ),
+                    ClientOption::Bool(v) => (
+                        ffi::PJRT_NamedValue_kBool,
+                        ffi::PJRT_NamedValue_Value { bool_value: *v },
+                        1,
+                    ),
+                };
+                ffi::PJRT_NamedValue {
+                    struct_size: ffi::PJRT_NamedValue::STRUCT_SIZE,
+                    extension_start: ptr::null_mut(),
+                    name: name.as_ptr().cast(),
+                    name_size: name.len(),
+                    type_,
+                    value,
+                    value_size,
+                }
+            })
+            .collect();
         let mut a = ffi::PJRT_Client_Create_Args {
             struct_size: ffi::PJRT_Client_Create_Args::STRUCT_SIZE,
             extension_start: ptr::null_mut(),
-            create_options: ptr::null(),
-            num_options: 0,
+            create_options: if named.is_empty() {
+                ptr::null()
+            } else {
+                named.as_ptr()
+            },
+            num_options: named.len(),
             kv_get_callback: ptr::null_mut(),
             kv_get_user_arg: ptr::null_mut(),
             kv_put_callback: ptr::null_mut(),

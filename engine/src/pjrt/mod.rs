@@ -19,7 +19,7 @@ mod plugin;
 mod types;
 
 pub use buffer::{Buffer, d2h_bytes_thread, d2h_bytes_total, h2d_bytes_total};
-pub use client::{Client, Device};
+pub use client::{Client, ClientOption, Device};
 pub use error::{Error, Result, code};
 pub use executable::LoadedExecutable;
 pub use plugin::{AttributeValue, Plugin, default_plugin_path};

@@ -1,7 +1,7 @@
 //! Loading a PJRT plugin (a shared library exporting `GetPjrtApi`) and calling through
 //! its function table.
 
-use std::ffi::c_char;
+use std::ffi::{OsString, c_char};
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -166,14 +166,21 @@ pub enum AttributeValue {
 }
 
 impl Plugin {
-    /// Loads the plugin at `path`, checks its API version and initializes it.
+    /// Loads the plugin at `path`, checks its API version and initializes it. A bare file
+    /// name that does not exist in the working directory (`libtpu.so`) is left to the
+    /// dynamic loader's search path.
     pub fn load(path: &Path) -> Result<Plugin> {
-        let canonical = path.canonicalize().map_err(|e| {
-            Error::local(
-                code::NOT_FOUND,
-                format!("PJRT plugin {}: {e}", path.display()),
-            )
-        })?;
+        let bare_name = path.components().count() == 1 && !path.exists();
+        let canonical = if bare_name {
+            path.to_path_buf()
+        } else {
+            path.canonicalize().map_err(|e| {
+                Error::local(
+                    code::NOT_FOUND,
+                    format!("PJRT plugin {}: {e}", path.display()),
+                )
+            })?
+        };
         let mut loaded = LOADED
             .lock()
             .map_err(|_| Error::local(code::INTERNAL, "PJRT plugin registry poisoned"))?;
@@ -244,7 +251,8 @@ impl Plugin {
         self.inner.api.table().struct_size
     }
 
-    /// The canonical path the plugin was loaded from.
+    /// The canonical path the plugin was loaded from (or the bare name given to the
+    /// dynamic loader).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -310,19 +318,60 @@ impl std::fmt::Debug for Plugin {
 /// `$SCORER_HOME/plugins/xla-cpu-pjrt-0.0.1/xla_cpu_pjrt.so` with `SCORER_HOME`
 /// defaulting to `$HOME/.cache/scorer`.
 pub fn default_plugin_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SCORER_PJRT_PLUGIN").filter(|p| !p.is_empty()) {
+    plugin_path_from(
+        std::env::var_os("SCORER_PJRT_PLUGIN"),
+        std::env::var_os("SCORER_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+fn plugin_path_from(
+    plugin: Option<OsString>,
+    scorer_home: Option<OsString>,
+    home: Option<OsString>,
+) -> PathBuf {
+    if let Some(p) = plugin.filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    scorer_home()
+    let scorer_home = scorer_home
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = home.map_or_else(|| PathBuf::from("."), PathBuf::from);
+            home.join(".cache").join("scorer")
+        });
+    scorer_home
         .join("plugins")
         .join("xla-cpu-pjrt-0.0.1")
         .join("xla_cpu_pjrt.so")
 }
 
-fn scorer_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("SCORER_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(s: &str) -> Option<OsString> {
+        Some(OsString::from(s))
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache").join("scorer")
+
+    #[test]
+    fn plugin_path_prefers_the_explicit_variable() {
+        assert_eq!(
+            plugin_path_from(os("/opt/libtpu.so"), os("/srv/s"), os("/home/u")),
+            PathBuf::from("/opt/libtpu.so")
+        );
+    }
+
+    #[test]
+    fn plugin_path_falls_back_to_scorer_home_then_home() {
+        let tail = "plugins/xla-cpu-pjrt-0.0.1/xla_cpu_pjrt.so";
+        assert_eq!(
+            plugin_path_from(os(""), os("/srv/s"), os("/home/u")),
+            PathBuf::from("/srv/s").join(tail)
+        );
+        assert_eq!(
+            plugin_path_from(None, None, os("/home/u")),
+            PathBuf::from("/home/u/.cache/scorer").join(tail)
+        );
+    }
 }
