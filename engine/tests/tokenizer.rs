@@ -143,3 +143,34 @@ fn smollm2_gguf_tokenizer_matches_hf() {
     assert_eq!(tok.encode("<|im_start|>").unwrap(), vec![1]);
     assert_eq!((tok.bos_token_id(), tok.eos_token_id()), (Some(1), Some(2)));
 }
+
+/// `tokenizer.json` directories (tiny BPEs saved by transformers; the llama one adds a BOS through
+/// its post-processor) encode exactly as `AutoTokenizer.from_pretrained(dir)` does.
+#[test]
+fn hf_directory_tokenizers_match_hf() {
+    let goldens = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/goldens");
+    let gold: Value =
+        serde_json::from_slice(&std::fs::read(goldens.join("tiny_hf_models.json")).unwrap())
+            .unwrap();
+    for (name, entry) in gold.as_object().unwrap() {
+        let tok = Tokenizer::from_hf_dir(&goldens.join(name)).unwrap();
+        let cases = entry["tokenization"].as_array().unwrap();
+        assert!(cases.len() >= 30);
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(
+                tok.encode(text).unwrap(),
+                ids(&case["ids"]),
+                "{name}: {text:?}"
+            );
+        }
+        let bos = tok.token_to_id("<|im_start|>");
+        let adds_bos = entry["add_bos"].as_bool().unwrap();
+        assert_eq!(
+            tok.encode("").unwrap(),
+            if adds_bos { vec![bos.unwrap()] } else { vec![] },
+            "{name}"
+        );
+        assert_eq!(tok.bos_token_id(), bos, "{name}: bos id from config.json");
+    }
+}

@@ -244,3 +244,100 @@ fn content_hash_is_stable_and_distinguishes_models() {
     assert_eq!(a.len(), 64);
     assert_ne!(a, weights::content_hash(&model_path(QWEN)).unwrap());
 }
+
+/// Tiny checkpoints saved by transformers itself (F32, F16, BF16; sharded and single-file; tied and
+/// untied heads): every tensor must equal what transformers loads from the same directory.
+#[test]
+fn hf_directories_match_transformers() {
+    let gold = golden("tiny_hf_models.json");
+    for (name, entry) in gold.as_object().unwrap() {
+        let dir = goldens_dir().join(name);
+        let w = weights::load(&dir).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let c = &w.config;
+        let tied = entry["tie_word_embeddings"].as_bool().unwrap();
+        assert_eq!(c.tie_word_embeddings, tied, "{name}");
+        assert_eq!(w.lm_head.is_none(), tied, "{name}");
+        assert_eq!(
+            (
+                c.vocab_size,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (320, 32, 64, 2, 4, 2, 8),
+            "{name}"
+        );
+        assert_eq!(c.rope_theta, 5000.0, "{name}");
+        assert!((c.rms_norm_eps - 1e-5).abs() < 1e-12, "{name}");
+        assert_eq!(
+            c.arch,
+            if name.contains("llama") {
+                Arch::Llama
+            } else {
+                Arch::Qwen2
+            }
+        );
+        assert_eq!(c.attention_bias, c.arch == Arch::Qwen2, "{name}");
+        let tensors = entry["tensors"].as_object().unwrap();
+        assert_eq!(
+            tensors.len(),
+            3 + 9 * c.num_layers + usize::from(c.attention_bias) * 3 * c.num_layers
+        );
+        for (tname, t) in tensors {
+            let ours = if tname == "lm_head.weight" {
+                w.lm_head_or_embed()
+            } else {
+                hf_tensor(&w, tname)
+            };
+            let shape: Vec<usize> = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(ours.shape, shape, "{name} {tname}");
+            assert_close(
+                &format!("{name} {tname}"),
+                &ours.data[..8],
+                &floats(&t["head"]),
+                1e-7,
+            );
+            let (got, want) = (checksum(ours), t["checksum"].as_f64().unwrap());
+            assert!(
+                (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                "{name} {tname}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn hf_directory_identity_covers_every_shard() {
+    let dir = goldens_dir().join("tiny-llama-bf16-sharded");
+    let tmp = std::env::temp_dir().join(format!("scorer-weights-hash-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.join(e.file_name())).unwrap();
+    }
+    let original = weights::content_hash(&dir).unwrap();
+    assert_eq!(
+        weights::content_hash(&tmp).unwrap(),
+        original,
+        "a copy keeps its identity"
+    );
+    let shard = tmp.join("model-00002-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    assert_ne!(
+        weights::content_hash(&tmp).unwrap(),
+        original,
+        "a changed shard changes it"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -327,6 +327,97 @@ def quant_type_goldens(qwen_path: Path) -> None:
     (GOLDENS / "quant_types.json").write_text(json.dumps(expected, indent=None) + "\n")
 
 
+TINY_CORPUS = TOKENIZATION_STRINGS + [
+    "The weather today is sunny and warm. Is Tokyo a city? Yes. Is Paris in Japan? No.",
+    "def score(query, items):\n    return [model(query + item) for item in items]\n",
+]
+
+
+def tiny_tokenizer(add_bos: bool):
+    """A small byte-level BPE trained here, saved as tokenizer.json like any HF repo's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TINY_CORPUS * 4, trainer)
+    if add_bos:
+        bos = tok.token_to_id("<|im_start|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|im_start|> $A", pair="<|im_start|> $A $B", special_tokens=[("<|im_start|>", bos)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def tiny_hf_models() -> None:
+    """Tiny random Qwen2/Llama checkpoints saved by transformers itself (F32, F16, BF16; sharded
+    and single-file; tied and untied heads), with their tensors' checksums and last-position
+    log-probs, so `load_hf_dir` and `Tokenizer::from_hf_dir` are checked against real HF output."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+    from transformers import PreTrainedTokenizerFast
+
+    specs = [
+        ("tiny-llama-bf16-sharded", LlamaConfig, torch.bfloat16, False, True, "60KB"),
+        ("tiny-qwen2-f16-tied", Qwen2Config, torch.float16, True, False, None),
+        ("tiny-qwen2-f32", Qwen2Config, torch.float32, False, False, None),
+    ]
+    summary = {}
+    for name, cls, dtype, tied, add_bos, shard in specs:
+        torch.manual_seed(len(name))
+        tok = tiny_tokenizer(add_bos)
+        bos_id = tok.token_to_id("<|im_start|>")
+        eos_id = tok.token_to_id("<|im_end|>")
+        cfg = cls(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rms_norm_eps=1e-5, rope_theta=5000.0, tie_word_embeddings=tied,
+                  initializer_range=0.2, bos_token_id=bos_id, eos_token_id=eos_id)
+        model = AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+        with torch.no_grad():  # non-trivial norms and biases, so a loader that drops them fails
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.3 * torch.randn_like(p))
+                elif n.endswith(".bias"):
+                    p.copy_(0.2 * torch.randn_like(p))
+        out = GOLDENS / name
+        shutil.rmtree(out, ignore_errors=True)
+        kwargs = {"max_shard_size": shard} if shard else {}
+        model.save_pretrained(str(out), **kwargs)
+        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                add_bos_token=add_bos).save_pretrained(str(out))
+        for extra in ("generation_config.json", "chat_template.jinja"):
+            (out / extra).unlink(missing_ok=True)
+        # Reload exactly as a user would, in float32, and record what HF sees.
+        hf_tok = AutoTokenizer.from_pretrained(str(out))
+        hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+        state = hf.state_dict()
+        prompts = [hf_tok("Is Tokyo a city? Yes").input_ids, [5, 77, 120, 3, 250, 9]]
+        logprobs = []
+        for ids in prompts:
+            with torch.no_grad():
+                logits = hf(torch.tensor([ids])).logits[0, -1].to(torch.float64)
+            logprobs.append([float(x) for x in torch.log_softmax(logits, dim=-1)])
+        summary[name] = {
+            "dtype": str(dtype).removeprefix("torch."),
+            "tie_word_embeddings": tied,
+            "add_bos": add_bos,
+            "files": sorted(p.name for p in out.iterdir()),
+            "tensors": {k: {"shape": list(v.shape), "checksum": checksum(v.float().numpy()),
+                            "head": [float(x) for x in v.float().reshape(-1)[:8]]}
+                        for k, v in state.items()},
+            "tokenization": [{"text": s, "ids": hf_tok(s).input_ids} for s in TOKENIZATION_STRINGS],
+            "prompts": prompts,
+            "last_logprobs": logprobs,
+        }
+    (GOLDENS / "tiny_hf_models.json").write_text(json.dumps(summary, indent=None) + "\n")
+
+
 def versions() -> dict:
     import gguf  # noqa: F401
     import tokenizers
@@ -345,6 +436,7 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=home / "models")
     ap.add_argument("--only", choices=sorted(MODELS), action="append")
     ap.add_argument("--skip-scores", action="store_true", help="tokenization and weights only (fast)")
+    ap.add_argument("--tiny-only", action="store_true", help="only the tiny HF checkpoints (seconds)")
     args = ap.parse_args()
 
     import torch
@@ -352,6 +444,9 @@ def main() -> None:
 
     set_threads()
     GOLDENS.mkdir(parents=True, exist_ok=True)
+    tiny_hf_models()
+    if args.tiny_only:
+        return
     quant_type_goldens(args.models_dir / MODELS["qwen2.5-coder-0.5b-instruct-q4_k_m"])
 
     for alias, fname in MODELS.items():

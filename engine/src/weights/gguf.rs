@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -287,18 +288,10 @@ pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
     let start = Instant::now();
     let g = GgufFile::open(path)?;
     let config = read_config(&g)?;
-    // Layers are independent reads; two workers halve the wall time on small machines without
-    // holding more than two layers' worth of scratch at once.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, 4);
-    let layers = load_layers_parallel(&g, &config, threads)?;
-    let embed_tokens = g.tensor_f32("token_embd.weight")?;
-    let lm_head = if config.tie_word_embeddings {
-        None
-    } else {
-        Some(g.tensor_f32("output.weight")?)
-    };
+        .clamp(1, 8);
+    let (layers, embed_tokens, lm_head) = load_parts_parallel(&g, &config, threads)?;
     let weights = ModelWeights {
         embed_tokens,
         layers,
@@ -318,36 +311,70 @@ pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
     Ok(weights)
 }
 
-fn load_layers_parallel(
-    g: &GgufFile,
-    c: &ModelConfig,
-    threads: usize,
-) -> Result<Vec<LayerWeights>> {
-    let n = c.num_layers;
-    let mut slots: Vec<Option<LayerWeights>> = (0..n).map(|_| None).collect();
-    std::thread::scope(|s| -> Result<()> {
-        let chunk = n.div_ceil(threads.max(1)).max(1);
-        let handles: Vec<_> = slots
-            .chunks_mut(chunk)
-            .enumerate()
-            .map(|(ci, out)| {
-                s.spawn(move || -> Result<()> {
-                    for (k, slot) in out.iter_mut().enumerate() {
-                        *slot = Some(load_layer(g, c, ci * chunk + k)?);
+/// One unit of loading work; the two vocabulary-sized matrices are the largest single items.
+enum Part {
+    Embed(HostTensor),
+    Head(HostTensor),
+    Layer(usize, Box<LayerWeights>),
+}
+
+type Parts = (Vec<LayerWeights>, HostTensor, Option<HostTensor>);
+
+/// Dequantization is CPU-bound and single-threaded per tensor in candle, so independent parts are
+/// spread over a few workers pulling from a shared counter (big matrices first, so they overlap
+/// with the layers instead of trailing them).
+fn load_parts_parallel(g: &GgufFile, c: &ModelConfig, threads: usize) -> Result<Parts> {
+    let mut jobs: Vec<Option<usize>> = vec![None];
+    if !c.tie_word_embeddings {
+        jobs.push(Some(usize::MAX));
+    }
+    jobs.extend((0..c.num_layers).map(Some));
+    let next = AtomicUsize::new(0);
+    let run = |job: Option<usize>| -> Result<Part> {
+        match job {
+            None => g.tensor_f32("token_embd.weight").map(Part::Embed),
+            Some(usize::MAX) => g.tensor_f32("output.weight").map(Part::Head),
+            Some(i) => load_layer(g, c, i).map(|l| Part::Layer(i, Box::new(l))),
+        }
+    };
+    let parts: Vec<Part> = std::thread::scope(|s| -> Result<Vec<Part>> {
+        let workers: Vec<_> = (0..threads.min(jobs.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<Part>> {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&job) = jobs.get(k) else {
+                            return Ok(done);
+                        };
+                        done.push(run(job)?);
                     }
-                    Ok(())
                 })
             })
             .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow!("layer loader thread panicked"))??;
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(
+                w.join()
+                    .map_err(|_| anyhow!("weight loader thread panicked"))??,
+            );
         }
-        Ok(())
+        Ok(all)
     })?;
-    slots
+    let mut layers: Vec<Option<LayerWeights>> = (0..c.num_layers).map(|_| None).collect();
+    let (mut embed, mut head) = (None, None);
+    for part in parts {
+        match part {
+            Part::Embed(t) => embed = Some(t),
+            Part::Head(t) => head = Some(t),
+            Part::Layer(i, l) => layers[i] = Some(*l),
+        }
+    }
+    let layers = layers
         .into_iter()
         .enumerate()
         .map(|(i, l)| l.ok_or_else(|| anyhow!("layer {i} was not loaded")))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let embed = embed.ok_or_else(|| anyhow!("token_embd.weight was not loaded"))?;
+    Ok((layers, embed, head))
 }
