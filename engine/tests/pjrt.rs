@@ -352,7 +352,7 @@ func.func @main(%a: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
         )
         .unwrap();
     let host = vec![0.5f32; 1024 * 1024];
-    let mut round = || {
+    let round = || {
         let a = c.buffer_from_host(&host, &[1024, 1024], 0).unwrap();
         let out = exe.execute(&[&a]).unwrap();
         assert_eq!(out[0].dims(), &[1024, 1024]);
