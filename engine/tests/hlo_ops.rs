@@ -184,7 +184,7 @@ fn unary_elementwise() {
 
 #[test]
 fn convert_between_types() {
-    let x = vec![1.0f32, 1.00390625, -2.5, 3.0e-3, 1234.5678];
+    let x = vec![1.0f32, 1.0 + 1.0 / 256.0, -2.5, 3.0e-3, 1234.5678];
     let out = run(
         &[
             In::F32(x.clone(), vec![5]),

@@ -1,0 +1,440 @@
+//! Qwen2 / Llama prefill as one StableHLO program over a flattened ragged batch.
+//!
+//! [`Model::load`] uploads the weights once (they stay on the device as program
+//! parameters); [`Model::run`] pads a [`PackedBatch`] to static buckets, compiles
+//! the program for that bucket on first use (kept in memory, optionally in an
+//! [`ExecutableStore`]) and returns only the `[S, L]` label values.
+
+pub mod buckets;
+mod params;
+mod program;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+
+use crate::pjrt::{Buffer, Client, LoadedExecutable};
+use crate::weights::{ModelConfig, ModelWeights};
+
+use params::{Dims, HostData, host_param, param_specs};
+use program::{ProgramSpec, build_program};
+
+pub use store::{DirStore, ExecutableStore};
+
+/// Element type of weights and matmul operands. Norms, softmax, the residual
+/// stream and matmul accumulation are f32 in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    #[default]
+    F32,
+    BF16,
+}
+
+impl DType {
+    /// Parses `f32` / `bf16` (the `--dtype` spellings).
+    pub fn parse(s: &str) -> Result<DType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            other => bail!("unknown dtype {other:?} (expected f32 or bf16)"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// What the program computes at each scored position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum HeadVariant {
+    /// Label log-probabilities: label logits minus the full-vocabulary logsumexp.
+    FullLogprobs,
+    /// Raw label logits from the label rows of the head only (enough for a
+    /// softmax over the labels, where the normaliser cancels).
+    LabelLogits,
+}
+
+/// A flattened ragged batch: several segments (prompts, or a shared prefix and
+/// its continuations) laid end to end.
+///
+/// Token `i` attends token `j` iff `j <= i`, `segment[j] != -1`, and `segment[j]`
+/// equals `segment[i]` or `prefix_segment[i]` (`-1`: no prefix).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedBatch {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<i32>,
+    pub segment: Vec<i32>,
+    pub prefix_segment: Vec<i32>,
+    /// Flattened index of each scored position (its logits predict the labels).
+    pub score_index: Vec<i32>,
+    /// Label ids per scored position.
+    pub label_ids: Vec<Vec<u32>>,
+}
+
+/// Counters of the work done by a [`Model`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ModelStats {
+    /// Programs compiled (cache misses that also missed the store).
+    pub compiles: u64,
+    pub compile_ms_total: u64,
+    /// Runs that found their executable in memory.
+    pub cache_hits: u64,
+    /// Executables loaded from the [`ExecutableStore`] instead of compiled.
+    pub store_hits: u64,
+    pub forward_passes: u64,
+    /// Tokens computed, padding included (the bucket sizes).
+    pub tokens_computed: u64,
+    /// Tokens of the batches before padding.
+    pub tokens_real: u64,
+    pub scored_positions: u64,
+    /// Always 0: scoring is prefill only.
+    pub decode_steps: u64,
+    pub executables_cached: usize,
+    /// Bytes of weights resident on the device (uploaded once).
+    pub weight_bytes: u64,
+}
+
+/// The largest token bucket unless [`Model::set_max_tokens`] says otherwise.
+pub const DEFAULT_MAX_TOKENS: usize = 8192;
+
+/// A model whose weights live on one device, with its compiled programs.
+pub struct Model {
+    client: Client,
+    device: usize,
+    config: ModelConfig,
+    dtype: DType,
+    dims: Dims,
+    weights: Vec<Buffer>,
+    max_tokens: usize,
+    cache: Mutex<HashMap<ProgramSpec, Arc<LoadedExecutable>>>,
+    stats: Mutex<ModelStats>,
+    store: Option<Arc<dyn ExecutableStore>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.config.name)
+            .field("dtype", &self.dtype)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Uploads `weights` to `device` once, stacked and laid out for the program.
+    pub fn load(
+        client: Client,
+        weights: &ModelWeights,
+        dtype: DType,
+        device: usize,
+    ) -> Result<Model> {
+        let started = Instant::now();
+        weights
+            .validate()
+            .context("checking the weights against their config")?;
+        ensure!(
+            device < client.device_count(),
+            "device {device} does not exist (the plugin has {})",
+            client.device_count()
+        );
+        let dims = Dims::new(&weights.config, weights.lm_head.is_none());
+        let mut buffers = Vec::new();
+        let mut weight_bytes = 0u64;
+        // One parameter at a time keeps the host peak at one stacked tensor.
+        for spec in param_specs(&dims, dtype) {
+            let data = host_param(weights, &dims, &spec)?;
+            let buf = match &data {
+                HostData::F32(v) => client.buffer_from_host(v, &spec.dims, device),
+                HostData::BF16(v) => client.buffer_from_host(v, &spec.dims, device),
+            }
+            .with_context(|| format!("uploading {:?} {:?}", spec.slot, spec.dims))?;
+            weight_bytes += match &data {
+                HostData::F32(v) => 4 * v.len() as u64,
+                HostData::BF16(v) => 2 * v.len() as u64,
+            };
+            buffers.push(buf);
+        }
+        tracing::info!(
+            model = %weights.config.name,
+            dtype = dtype.as_str(),
+            device,
+            weight_mib = weight_bytes / (1 << 20),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model weights uploaded"
+        );
+        Ok(Model {
+            client,
+            device,
+            config: weights.config.clone(),
+            dtype,
+            dims,
+            weights: buffers,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            cache: Mutex::new(HashMap::new()),
+            stats: Mutex::new(ModelStats {
+                weight_bytes,
+                ..Default::default()
+            }),
+            store: None,
+        })
+    }
+
+    /// The largest batch (in tokens) [`Model::run`] accepts.
+    pub fn set_max_tokens(&mut self, max_tokens: usize) {
+        self.max_tokens = max_tokens.max(1);
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Where compiled executables are also looked up and saved (an on-disk cache).
+    pub fn set_store(&mut self, store: Arc<dyn ExecutableStore>) {
+        self.store = Some(store);
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> usize {
+        self.device
+    }
+
+    pub fn stats(&self) -> ModelStats {
+        let mut s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        s.executables_cached = self.cache.lock().map(|c| c.len()).unwrap_or(0);
+        s
+    }
+
+    fn spec(
+        &self,
+        tokens: usize,
+        scores: usize,
+        labels: usize,
+        head: HeadVariant,
+    ) -> Result<ProgramSpec> {
+        let t = buckets::token_bucket(tokens, self.max_tokens).with_context(|| {
+            format!(
+                "{tokens} tokens exceed the largest batch of {}",
+                self.max_tokens
+            )
+        })?;
+        Ok(ProgramSpec {
+            dims: self.dims.clone(),
+            dtype: self.dtype,
+            tokens: t as i64,
+            scores: buckets::score_bucket(scores) as i64,
+            labels: buckets::label_bucket(labels) as i64,
+            head,
+        })
+    }
+
+    /// The StableHLO text of the program for a batch of this size.
+    pub fn program_text(
+        &self,
+        tokens: usize,
+        scores: usize,
+        labels: usize,
+        head: HeadVariant,
+    ) -> Result<String> {
+        build_program(&self.spec(tokens, scores, labels, head)?)
+    }
+
+    /// Compiles (or loads) the program for a batch of this size ahead of traffic.
+    pub fn warm_up(
+        &self,
+        tokens: usize,
+        scores: usize,
+        labels: usize,
+        head: HeadVariant,
+    ) -> Result<()> {
+        let spec = self.spec(tokens, scores, labels, head)?;
+        self.executable(&spec).map(|_| ())
+    }
+
+    fn executable(&self, spec: &ProgramSpec) -> Result<Arc<LoadedExecutable>> {
+        if let Some(exe) = self.cache.lock().ok().and_then(|c| c.get(spec).cloned()) {
+            self.bump(|s| s.cache_hits += 1);
+            return Ok(exe);
+        }
+        let text = build_program(spec)?;
+        let key = self.store.as_ref().map(|_| store::key(&self.client, &text));
+        let mut loaded = None;
+        if let (Some(store), Some(key)) = (&self.store, &key)
+            && let Some(bytes) = store.load(key)
+        {
+            match self.client.deserialize_executable(&bytes) {
+                Ok(exe) => {
+                    self.bump(|s| s.store_hits += 1);
+                    tracing::info!(tokens = spec.tokens, scores = spec.scores, labels = spec.labels,
+                        head = ?spec.head, "executable loaded from the store");
+                    loaded = Some(exe);
+                }
+                Err(e) => tracing::warn!(error = %e, "stored executable unusable; compiling"),
+            }
+        }
+        let exe = match loaded {
+            Some(exe) => exe,
+            None => {
+                let started = Instant::now();
+                let exe = self
+                    .client
+                    .compile(&text)
+                    .with_context(|| format!("compiling the prefill program for {spec:?}"))?;
+                let ms = started.elapsed().as_millis() as u64;
+                self.bump(|s| {
+                    s.compiles += 1;
+                    s.compile_ms_total += ms;
+                });
+                tracing::info!(tokens = spec.tokens, scores = spec.scores, labels = spec.labels,
+                    head = ?spec.head, dtype = spec.dtype.as_str(), compile_ms = ms, "compiled prefill program");
+                if let (Some(store), Some(key)) = (&self.store, &key) {
+                    match exe.serialize() {
+                        Ok(bytes) => {
+                            if let Err(e) = store.save(key, &bytes) {
+                                tracing::warn!(error = %format!("{e:#}"), "could not store the executable");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not serialize the executable"),
+                    }
+                }
+                exe
+            }
+        };
+        let exe = Arc::new(exe);
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(spec.clone(), exe.clone());
+        }
+        Ok(exe)
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut ModelStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Runs one forward pass and returns, per scored position, one value per
+    /// label: log-probabilities ([`HeadVariant::FullLogprobs`]) or logits
+    /// ([`HeadVariant::LabelLogits`]). Only these `[S, L]` values leave the device.
+    pub fn run(&self, batch: &PackedBatch, head: HeadVariant) -> Result<Vec<Vec<f32>>> {
+        let n = batch.tokens.len();
+        ensure!(
+            batch.positions.len() == n
+                && batch.segment.len() == n
+                && batch.prefix_segment.len() == n,
+            "tokens, positions, segment and prefix_segment must have equal lengths"
+        );
+        ensure!(
+            batch.score_index.len() == batch.label_ids.len(),
+            "one label list per scored position"
+        );
+        let s = batch.score_index.len();
+        if s == 0 {
+            return Ok(Vec::new());
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {t} is outside the vocabulary of {vocab}");
+        }
+        if let Some(l) = batch
+            .label_ids
+            .iter()
+            .flatten()
+            .find(|&&l| l as usize >= vocab)
+        {
+            bail!("label id {l} is outside the vocabulary of {vocab}");
+        }
+        if let Some(i) = batch
+            .score_index
+            .iter()
+            .find(|&&i| i < 0 || i as usize >= n)
+        {
+            bail!("score index {i} is outside the batch of {n} tokens");
+        }
+        let l = batch.label_ids.iter().map(Vec::len).max().unwrap_or(0);
+        let spec = self.spec(n, s, l, head)?;
+        let (tb, sb, lb) = (
+            spec.tokens as usize,
+            spec.scores as usize,
+            spec.labels as usize,
+        );
+
+        let pad = |v: &[i32], len: usize, fill: i32| {
+            let mut out = v.to_vec();
+            out.resize(len, fill);
+            out
+        };
+        let tokens: Vec<i32> = batch.tokens.iter().map(|&t| t as i32).collect();
+        let tokens = pad(&tokens, tb, 0);
+        let positions = pad(&batch.positions, tb, 0);
+        let segment = pad(&batch.segment, tb, -1);
+        let prefix = pad(&batch.prefix_segment, tb, -1);
+        let score_index = pad(&batch.score_index, sb, 0);
+        let mut labels = vec![0i32; sb * lb];
+        for (r, row) in batch.label_ids.iter().enumerate() {
+            for (c, &id) in row.iter().enumerate() {
+                labels[r * lb + c] = id as i32;
+            }
+        }
+
+        let exe = self.executable(&spec)?;
+        let dev = self.device;
+        let up = |v: &[i32], dims: &[i64]| {
+            self.client
+                .buffer_from_host(v, dims, dev)
+                .context("uploading batch inputs")
+        };
+        let inputs = [
+            up(&tokens, &[tb as i64])?,
+            up(&positions, &[tb as i64])?,
+            up(&segment, &[tb as i64])?,
+            up(&prefix, &[tb as i64])?,
+            up(&score_index, &[sb as i64])?,
+            up(&labels, &[sb as i64, lb as i64])?,
+        ];
+        let mut args: Vec<&Buffer> = self.weights.iter().collect();
+        args.extend(inputs.iter());
+        let outs = exe
+            .execute_on(dev, &args)
+            .context("running the prefill program")?;
+        let out = outs
+            .first()
+            .context("the prefill program returned nothing")?;
+        let values = out.to_host::<f32>().context("reading the label scores")?;
+        ensure!(
+            values.len() == sb * lb,
+            "expected {}x{} results, got {}",
+            sb,
+            lb,
+            values.len()
+        );
+        self.bump(|st| {
+            st.forward_passes += 1;
+            st.tokens_computed += tb as u64;
+            st.tokens_real += n as u64;
+            st.scored_positions += s as u64;
+        });
+        Ok(batch
+            .label_ids
+            .iter()
+            .enumerate()
+            .map(|(r, row)| values[r * lb..r * lb + row.len()].to_vec())
+            .collect())
+    }
+}
