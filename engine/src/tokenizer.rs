@@ -254,6 +254,13 @@ impl Tokenizer {
 mod tests {
     use super::*;
 
+    /// The engine thread and request handlers share one tokenizer.
+    #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Tokenizer>();
+    }
+
     #[test]
     fn byte_alphabet_is_gpt2s() {
         let a = byte_alphabet();
