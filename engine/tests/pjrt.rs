@@ -370,3 +370,17 @@ func.func @main(%a: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
         grown >> 20
     );
 }
+
+#[test]
+fn empty_arrays_round_trip() {
+    let c = client();
+    let empty: [f32; 0] = [];
+    let buf = c.buffer_from_host(&empty, &[0, 3], 2).unwrap();
+    assert_eq!(buf.dims(), &[0, 3]);
+    assert_eq!(buf.element_count(), 0);
+    assert!(buf.to_host::<f32>().unwrap().is_empty());
+    assert!(buf.to_host_bytes().unwrap().is_empty());
+    let scalar = c.buffer_from_host(&[7i64], &[], 2).unwrap();
+    assert_eq!(scalar.dims(), &[] as &[i64]);
+    assert_eq!(scalar.to_host::<i64>().unwrap(), vec![7]);
+}
