@@ -1,1 +1,71 @@
-//! scorer-api
+//! The HTTP API (axum) and the process roles built on it:
+//! - [`serve`]: API and worker in one process; with no broker or store URL configured everything
+//!   is in-process (embedded mode);
+//! - [`run_api`] and [`run_worker`]: the distributed deployment over RabbitMQ, Redis, Postgres;
+//! - [`migrate`]: apply the Postgres migrations.
+
+mod auth;
+mod config;
+mod error;
+mod metrics;
+mod roles;
+pub mod routes;
+mod state;
+mod submit;
+
+pub use config::{Limits, ServiceConfig, StoreUrls};
+pub use error::{ApiError, ErrorBody};
+pub use roles::{connect_stores, migrate, run_api, run_worker, serve, serve_app, shutdown_signal};
+pub use state::{AppState, Stores};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "scorer",
+        description = "Score (query, item) pairs with a causal LM: SGLang's /v1/score, plus async jobs."
+    ),
+    paths(
+        routes::score::score,
+        routes::jobs::submit,
+        routes::jobs::get,
+        routes::jobs::cancel,
+        routes::meta::models,
+        routes::meta::health,
+        routes::meta::ready,
+        routes::meta::metrics,
+    ),
+    components(schemas(
+        scorer_protocol::ScoreRequest,
+        scorer_protocol::ScoreResponse,
+        scorer_protocol::job::JobObject,
+        routes::jobs::JobRequest,
+        ErrorBody,
+    ))
+)]
+pub struct ApiDoc;
+
+/// The API's routes over `state`.
+pub async fn build_app(state: AppState) -> Router {
+    // Install the recorder before the first request records anything.
+    let _ = metrics::handle();
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/score", post(routes::score::score))
+        .route("/v1/score/jobs", post(routes::jobs::submit))
+        .route("/v1/score/jobs/{id}", get(routes::jobs::get))
+        .route("/v1/score/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/v1/models", get(routes::meta::models))
+        .route("/health", get(routes::meta::health))
+        .route("/ready", get(routes::meta::ready))
+        .route("/metrics", get(routes::meta::metrics))
+        .route("/openapi.json", get(routes::meta::openapi))
+        .route("/docs", get(routes::meta::docs))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,1 +1,102 @@
-//! scorer-worker
+//! The worker: consume a model's queue, gather ready jobs into a batch, score them with the engine,
+//! store each result (Postgres audit row, then Redis with a completion notice), then acknowledge.
+//!
+//! Ordering is what makes redelivery safe: a message is acknowledged only after its outcome is
+//! stored, and storing is idempotent on the job id, so a crash anywhere means the job runs again
+//! (or is recognised as finished) and never that it is lost or recorded twice.
+
+mod batch;
+mod config;
+mod process;
+
+pub use config::WorkerConfig;
+
+use std::sync::Arc;
+
+use scorer_jobs::{AuditStore, JobQueue, ResultStore, StoreError, webhook::WebhookSender};
+use scorer_protocol::ScoreBackend;
+use tokio::sync::watch;
+
+/// Everything a worker talks to.
+#[derive(Clone)]
+pub struct Worker {
+    pub queue: Arc<dyn JobQueue>,
+    pub results: Arc<dyn ResultStore>,
+    pub audit: Arc<dyn AuditStore>,
+    pub backend: Arc<dyn ScoreBackend>,
+    pub webhooks: WebhookSender,
+    pub config: WorkerConfig,
+}
+
+impl Worker {
+    /// The model queue this worker consumes: the backend's model.
+    pub fn model(&self) -> &str {
+        self.backend.model_id()
+    }
+
+    /// Runs until `shutdown` turns true; then stops taking messages, finishes (stores and
+    /// acknowledges) the batch in hand, and returns. Messages prefetched but not started go back
+    /// to the queue.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let model = self.model().to_string();
+        self.queue.declare(&model).await?;
+        let mut consumer = self.queue.consume(&model, self.config.prefetch).await?;
+        let heartbeat = tokio::spawn(heartbeats(
+            self.results.clone(),
+            self.config.worker_id.clone(),
+            self.config.heartbeat_interval,
+            shutdown.clone(),
+        ));
+        tracing::info!(worker = %self.config.worker_id, %model, "worker started");
+        let mut carry = None;
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = wait_for_shutdown(&mut shutdown) => break,
+                batch = batch::gather(consumer.as_mut(), &self.config, &mut carry) => batch,
+            };
+            match batch {
+                Ok(Some(batch)) => process::run_batch(&self, batch).await,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if let Some(d) = carry.take() {
+            // Taken but never started: hand it back now rather than at connection close.
+            if let Err(e) = d.acker.requeue().await {
+                tracing::debug!(error = %e, "requeue on shutdown");
+            }
+        }
+        consumer.close().await;
+        heartbeat.abort();
+        tracing::info!(worker = %self.config.worker_id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    // A dropped sender also means shut down.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn heartbeats(
+    results: Arc<dyn ResultStore>,
+    worker_id: String,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = wait_for_shutdown(&mut shutdown) => return,
+            _ = tick.tick() => {
+                if let Err(e) = results.heartbeat(&worker_id).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+}

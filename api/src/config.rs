@@ -1,0 +1,103 @@
+//! Service settings. Every limit the API enforces is here, with its default.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use scorer_worker::WorkerConfig;
+
+/// Where the queue and stores live. A missing URL means "in-process" (embedded mode).
+#[derive(Debug, Clone, Default)]
+pub struct StoreUrls {
+    pub amqp_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl StoreUrls {
+    pub fn any(&self) -> bool {
+        self.amqp_url.is_some() || self.redis_url.is_some() || self.database_url.is_some()
+    }
+
+    pub fn all(&self) -> bool {
+        self.amqp_url.is_some() && self.redis_url.is_some() && self.database_url.is_some()
+    }
+}
+
+/// Request size limits. Bodies over `max_body_bytes`, and requests over any of the others, are
+/// answered 413.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of request body (default 4 MiB).
+    pub max_body_bytes: usize,
+    /// Items in one request (default 1,024).
+    pub max_items: usize,
+    /// Tokens in one prompt, query and item together (default 8,192).
+    pub max_prompt_tokens: usize,
+    /// Tokens over all prompts of one request (default 131,072).
+    pub max_request_tokens: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_items: 1024,
+            max_prompt_tokens: 8192,
+            max_request_tokens: 131_072,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// `--listen` / `SCORER_LISTEN`.
+    pub listen: SocketAddr,
+    pub stores: StoreUrls,
+    /// Prefix of the AMQP exchanges and queues and of the Redis keys.
+    pub namespace: String,
+    pub limits: Limits,
+    /// How long `POST /v1/score` waits for its result when the caller does not say (default 60 s).
+    pub sync_timeout: Duration,
+    /// The most a caller may ask for with `X-Request-Timeout` (default 300 s).
+    pub max_sync_timeout: Duration,
+    /// How long results stay in the result store (default 24 h); Postgres keeps them for good.
+    pub result_ttl: Duration,
+    /// Largest `ttl_seconds` an async job may ask for (default 7 days).
+    pub max_job_ttl: Duration,
+    /// Messages waiting in a model's queue beyond which new work is refused with 429.
+    pub max_queue_depth: u64,
+    /// The `Retry-After` given with a 429.
+    pub retry_after: Duration,
+    /// Bearer API keys and the tenant each stands for. Empty: no authentication, every caller is
+    /// tenant `default`.
+    pub api_keys: HashMap<String, String>,
+    /// `/ready` needs a worker heartbeat at most this old.
+    pub worker_liveness: Duration,
+    pub webhook_attempts: u32,
+    pub webhook_backoff: Duration,
+    pub worker: WorkerConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        let worker = WorkerConfig::default();
+        ServiceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            stores: StoreUrls::default(),
+            namespace: "scorer".to_string(),
+            limits: Limits::default(),
+            sync_timeout: Duration::from_secs(60),
+            max_sync_timeout: Duration::from_secs(300),
+            result_ttl: Duration::from_secs(24 * 3600),
+            max_job_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_queue_depth: 10_000,
+            retry_after: Duration::from_secs(1),
+            api_keys: HashMap::new(),
+            worker_liveness: worker.heartbeat_interval * 3,
+            webhook_attempts: 5,
+            webhook_backoff: Duration::from_millis(500),
+            worker,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use scorer_jobs::webhook::WebhookSender;
+use scorer_jobs::{AuditStore, JobQueue, ResultStore};
+use scorer_protocol::ScoreBackend;
+
+use crate::ServiceConfig;
+
+/// The queue and the two stores, real or in-process.
+#[derive(Clone)]
+pub struct Stores {
+    pub queue: Arc<dyn JobQueue>,
+    pub results: Arc<dyn ResultStore>,
+    pub audit: Arc<dyn AuditStore>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub backend: Arc<dyn ScoreBackend>,
+    pub stores: Stores,
+    pub config: Arc<ServiceConfig>,
+    pub webhooks: WebhookSender,
+}
+
+impl AppState {
+    pub fn new(backend: Arc<dyn ScoreBackend>, stores: Stores, config: ServiceConfig) -> Self {
+        let webhooks = WebhookSender::new(
+            config.webhook_attempts,
+            config.webhook_backoff,
+            std::time::Duration::from_secs(10),
+        );
+        AppState {
+            backend,
+            stores,
+            config: Arc::new(config),
+            webhooks,
+        }
+    }
+}

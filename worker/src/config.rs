@@ -1,0 +1,35 @@
+use std::time::Duration;
+
+/// How a worker batches and retries.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Shown in the audit row and in heartbeats.
+    pub worker_id: String,
+    /// Unacknowledged messages the broker may hand this worker; bounds the batch size too.
+    pub prefetch: u16,
+    /// A batch closes once its prompts hold this many tokens (a single larger job runs alone).
+    pub max_batch_tokens: usize,
+    /// How long to wait for more jobs after the first one of a batch arrived.
+    pub max_wait: Duration,
+    /// Starts allowed per job (redeliveries after crashes count); past it the job fails and its
+    /// message goes to the dead-letter queue.
+    pub max_attempts: i32,
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            worker_id: format!(
+                "worker-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            prefetch: 32,
+            max_batch_tokens: 8192,
+            max_wait: Duration::from_millis(5),
+            max_attempts: 3,
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! One batch: decide per delivery (poison, expired, already finished, over-attempt, run), score
+//! the runnable ones together, store every outcome, then acknowledge.
+
+use std::time::Instant;
+
+use scorer_jobs::{Delivery, StartOutcome, StoreError};
+use scorer_protocol::ScoreResponse;
+use scorer_protocol::job::{JobEnvelope, JobKind, JobRecord, JobStatus, now_millis};
+
+use crate::Worker;
+
+/// A delivery that passed the checks and is now `running` in the audit store.
+struct Runnable {
+    delivery: Delivery,
+    envelope: JobEnvelope,
+    record: JobRecord,
+}
+
+pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
+    let mut runnable = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        if let Some(r) = admit(worker, delivery).await {
+            runnable.push(r);
+        }
+    }
+    if runnable.is_empty() {
+        return;
+    }
+    metrics::histogram!("scorer_worker_batch_jobs").record(runnable.len() as f64);
+    let jobs: Vec<_> = runnable.iter().map(|r| r.envelope.score_job()).collect();
+    let backend = worker.backend.clone();
+    let started = Instant::now();
+    let outputs = tokio::task::spawn_blocking(move || backend.score_batch(&jobs)).await;
+    let inference_ms = started.elapsed().as_millis() as i64;
+    metrics::histogram!("scorer_worker_inference_seconds").record(started.elapsed().as_secs_f64());
+    let outputs = match outputs {
+        Ok(outputs) if outputs.len() == runnable.len() => outputs,
+        Ok(outputs) => {
+            let msg = format!(
+                "engine answered {} results for {} jobs",
+                outputs.len(),
+                runnable.len()
+            );
+            tracing::error!("{msg}");
+            runnable.iter().map(|_| Err(msg.clone())).collect()
+        }
+        Err(panic) => {
+            // The engine crashed on this batch. Each job goes back for another attempt; one that
+            // keeps crashing the engine runs out of attempts and is dead-lettered.
+            tracing::error!(error = %panic, "engine panicked; requeueing the batch");
+            for r in runnable {
+                requeue(&r.delivery).await;
+            }
+            return;
+        }
+    };
+    for (r, output) in runnable.into_iter().zip(outputs) {
+        let mut record = r.record;
+        record.finished_at = Some(now_millis());
+        record.inference_ms = Some(inference_ms);
+        match output {
+            Ok(out) => {
+                record.status = JobStatus::Succeeded;
+                record.prompt_tokens = Some(out.prompt_tokens as i64);
+                record.result = Some(ScoreResponse::new(
+                    out.scores,
+                    r.envelope.model.clone(),
+                    out.prompt_tokens,
+                ));
+            }
+            Err(message) => {
+                record.status = JobStatus::Failed;
+                record.prompt_tokens = Some(r.envelope.prompt_tokens() as i64);
+                record.error = Some(message);
+            }
+        }
+        settle(worker, &r.delivery, &record, Ack::Ack).await;
+    }
+}
+
+/// Checks a delivery and marks it running; `None` when it was settled here instead.
+async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
+    let envelope = match &delivery.envelope {
+        Ok(e) => e.clone(),
+        Err(why) => {
+            poison(worker, &delivery, why).await;
+            return None;
+        }
+    };
+    let now = now_millis();
+    if let Some(deadline) = envelope.deadline_ms
+        && now.timestamp_millis() > deadline
+    {
+        let record = match worker.audit.get(envelope.job_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => record_from_envelope(&envelope),
+            Err(e) => return retry_later(&delivery, e).await.then_none(),
+        };
+        if !record.status.is_terminal() {
+            let mut expired = record;
+            expired.status = JobStatus::Expired;
+            expired.finished_at = Some(now);
+            expired.error = Some("the job was not started before its ttl ran out".into());
+            settle(worker, &delivery, &expired, Ack::Ack).await;
+            return None;
+        }
+    }
+    let outcome = match worker
+        .audit
+        .start(envelope.job_id, &worker.config.worker_id, now)
+        .await
+    {
+        Ok(StartOutcome::Missing) => {
+            // Published without an audit row (another producer): create it, then start.
+            if let Err(e) = worker.audit.insert(&record_from_envelope(&envelope)).await {
+                return retry_later(&delivery, e).await.then_none();
+            }
+            worker
+                .audit
+                .start(envelope.job_id, &worker.config.worker_id, now)
+                .await
+        }
+        other => other,
+    };
+    let record = match outcome {
+        Ok(StartOutcome::Started(r)) => r,
+        Ok(StartOutcome::NotRunnable(r)) => {
+            // Cancelled, or finished by an earlier delivery whose ack was lost: make sure the
+            // result cache has it, and drop the message.
+            tracing::info!(job = %r.id, status = r.status.as_str(), "not running a terminal job");
+            if let Err(e) = worker.results.put(&r).await {
+                return retry_later(&delivery, e).await.then_none();
+            }
+            ack(&delivery).await;
+            return None;
+        }
+        Ok(StartOutcome::Missing) => {
+            let e = StoreError::unavailable("audit", "job row missing right after insert");
+            return retry_later(&delivery, e).await.then_none();
+        }
+        Err(e) => return retry_later(&delivery, e).await.then_none(),
+    };
+    if record.attempts > worker.config.max_attempts {
+        let mut failed = record;
+        failed.status = JobStatus::Failed;
+        failed.finished_at = Some(now_millis());
+        failed.error = Some(format!(
+            "gave up after {} attempts",
+            worker.config.max_attempts
+        ));
+        settle(worker, &delivery, &failed, Ack::DeadLetter).await;
+        return None;
+    }
+    // Best effort: pollers see `running`; the terminal write below is the one that matters.
+    if let Err(e) = worker.results.put(&record).await {
+        tracing::warn!(job = %record.id, error = %e, "could not cache running state");
+    }
+    Some(Runnable {
+        delivery,
+        envelope,
+        record,
+    })
+}
+
+/// A message whose body does not decode: the job (if its id travelled beside the body) fails,
+/// and the message goes to the dead-letter queue for inspection.
+async fn poison(worker: &Worker, delivery: &Delivery, why: &str) {
+    tracing::error!(job = ?delivery.job_id, error = %why, "undecodable message");
+    metrics::counter!("scorer_worker_poison_messages_total").increment(1);
+    let existing = match delivery.job_id {
+        Some(id) => match worker.audit.get(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                retry_later(delivery, e).await;
+                return;
+            }
+        },
+        None => None,
+    };
+    match existing {
+        Some(mut record) if !record.status.is_terminal() => {
+            record.status = JobStatus::Failed;
+            record.finished_at = Some(now_millis());
+            record.error = Some(format!("the queued message could not be decoded: {why}"));
+            settle(worker, delivery, &record, Ack::DeadLetter).await;
+        }
+        _ => dead_letter(delivery).await,
+    }
+}
+
+enum Ack {
+    Ack,
+    DeadLetter,
+}
+
+/// Stores a terminal record (audit first: it is the record of truth; then the cache, which
+/// wakes sync waiters), sends the webhook, and only then settles the message. If storing
+/// fails the message is requeued, so the outcome is not lost.
+async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: Ack) {
+    let stored = match worker.audit.finish(record).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            retry_later(delivery, e).await;
+            return;
+        }
+    };
+    if let Err(e) = worker.results.put(&stored).await {
+        retry_later(delivery, e).await;
+        return;
+    }
+    metrics::counter!("scorer_worker_jobs_total", "status" => stored.status.as_str()).increment(1);
+    // Only the delivery that actually decided the outcome notifies the webhook.
+    if stored == *record
+        && let Some(url) = &stored.webhook
+    {
+        worker.webhooks.spawn(url.clone(), stored.object());
+    }
+    match how {
+        Ack::Ack => ack(delivery).await,
+        Ack::DeadLetter => dead_letter(delivery).await,
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack().await {
+        // The channel died after the outcome was stored: the message comes back and is
+        // recognised as finished.
+        tracing::warn!(job = ?delivery.job_id, error = %e, "ack failed");
+    }
+}
+
+async fn dead_letter(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.dead_letter().await {
+        tracing::warn!(job = ?delivery.job_id, error = %e, "dead-letter failed");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.requeue().await {
+        tracing::warn!(job = ?delivery.job_id, error = %e, "requeue failed");
+    }
+}
+
+/// A store is down: give the message back and pause briefly so a dead dependency does not turn
+/// into a hot redelivery loop.
+async fn retry_later(delivery: &Delivery, e: StoreError) -> Settled {
+    tracing::warn!(job = ?delivery.job_id, error = %e, "store unavailable; requeueing");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    requeue(delivery).await;
+    Settled
+}
+
+/// The delivery was dealt with (here: given back); nothing is left to run.
+struct Settled;
+
+impl Settled {
+    fn then_none<T>(self) -> Option<T> {
+        None
+    }
+}
+
+fn record_from_envelope(e: &JobEnvelope) -> JobRecord {
+    let mut r = JobRecord::queued(
+        e.job_id,
+        e.tenant.clone(),
+        JobKind::Async,
+        e.model.clone(),
+        e.priority,
+    );
+    r.created_at =
+        chrono::DateTime::from_timestamp_millis(e.enqueued_at_ms).unwrap_or(r.created_at);
+    r.expires_at = e
+        .deadline_ms
+        .and_then(chrono::DateTime::from_timestamp_millis);
+    r
+}
