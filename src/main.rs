@@ -1,13 +1,17 @@
 //! `scorer`: one binary for every role (serve, api, worker) and the tools around it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use scorer::{fetch, home};
+use scorer_api as roles;
+use scorer_api::ServiceConfig;
 use scorer_engine::model::DType;
 use scorer_engine::runtime::{Engine, EngineConfig};
-use scorer_protocol::{Items, LabelIds, ScoreRequest, TextOrTokens};
+use scorer_protocol::{Items, LabelIds, ScoreBackend, ScoreRequest, TextOrTokens};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +37,33 @@ enum Command {
         /// Cache directory (default ~/.cache/scorer).
         #[arg(long, env = "SCORER_HOME")]
         home: Option<PathBuf>,
+    },
+    /// API and worker in one process. With no broker/store URLs: in-process queue and stores
+    /// (the embedded default); each URL given swaps in the real service.
+    Serve {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// The HTTP API alone (distributed deployment: needs the three URLs).
+    Api {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// A worker alone (distributed deployment: needs the three URLs).
+    Worker {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Apply the Postgres migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
     },
     /// Score one request on the engine directly and print the response JSON.
     Score {
@@ -71,6 +102,94 @@ struct EngineArgs {
     /// Which of the plugin's devices holds the weights.
     #[arg(long, env = "SCORER_DEVICE", default_value_t = 0)]
     device: usize,
+}
+
+/// Where the service listens and which external services it uses.
+#[derive(Args, Clone)]
+struct ServiceArgs {
+    #[arg(long, env = "SCORER_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (unset: in-process queue).
+    #[arg(long, env = "AMQP_URL")]
+    amqp_url: Option<String>,
+    /// Redis, e.g. redis://127.0.0.1:6379 (unset: in-process result store).
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/test (unset: in-process audit).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Prefix of the AMQP exchanges/queues and the Redis keys.
+    #[arg(long, env = "SCORER_NAMESPACE", default_value = "scorer")]
+    namespace: String,
+    /// Seconds `POST /v1/score` waits when the caller does not say.
+    #[arg(long, env = "SCORER_SYNC_TIMEOUT", default_value_t = 60)]
+    sync_timeout: u64,
+    /// Queued messages per model beyond which submissions get 429.
+    #[arg(long, env = "SCORER_MAX_QUEUE_DEPTH", default_value_t = 10_000)]
+    max_queue_depth: u64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "SCORER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// API keys as KEY=TENANT, comma-separated (unset: no authentication, one tenant).
+    #[arg(long, env = "SCORER_API_KEYS", value_delimiter = ',')]
+    api_keys: Vec<String>,
+}
+
+impl ServiceArgs {
+    fn config(&self, engine: &EngineConfig) -> Result<ServiceConfig> {
+        let mut cfg = ServiceConfig {
+            listen: self.listen,
+            namespace: self.namespace.clone(),
+            sync_timeout: Duration::from_secs(self.sync_timeout),
+            max_queue_depth: self.max_queue_depth,
+            ..ServiceConfig::default()
+        };
+        cfg.stores.amqp_url = self.amqp_url.clone().filter(|u| !u.is_empty());
+        cfg.stores.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        cfg.stores.database_url = self.database_url.clone().filter(|u| !u.is_empty());
+        // One set of numbers: the engine validates them; the API reports them.
+        cfg.limits.max_body_bytes = self.max_body_bytes;
+        cfg.limits.max_items = engine.limits.max_items;
+        cfg.limits.max_prompt_tokens = engine.limits.max_prompt_tokens;
+        cfg.limits.max_request_tokens = engine.limits.max_request_tokens;
+        cfg.worker.max_batch_tokens = engine.max_batch_tokens;
+        for pair in &self.api_keys {
+            let (key, tenant) = pair
+                .split_once('=')
+                .with_context(|| format!("--api-keys wants KEY=TENANT pairs, got '{pair}'"))?;
+            cfg.api_keys.insert(key.to_string(), tenant.to_string());
+        }
+        Ok(cfg)
+    }
+}
+
+/// Loads the engine and runs one service role on a Tokio runtime.
+fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()> {
+    let engine_cfg = engine.config()?;
+    let config = service.config(&engine_cfg)?;
+    if config.api_keys.is_empty() && !matches!(role, Role::Worker) {
+        tracing::warn!("no API keys configured: authentication is off, every caller is one tenant");
+    }
+    if !config.stores.any() {
+        tracing::info!("embedded mode: in-process queue, result store and audit log");
+    }
+    let backend: Arc<dyn ScoreBackend> = Arc::new(Engine::load(engine_cfg)?);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = roles::shutdown_signal();
+        match role {
+            Role::Serve => roles::serve(config, backend, shutdown).await,
+            Role::Api => roles::run_api(config, backend, shutdown).await,
+            Role::Worker => roles::run_worker(config, backend, shutdown).await,
+        }
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Serve,
+    Api,
+    Worker,
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -118,6 +237,15 @@ fn run() -> Result<()> {
             for (alias, outcome) in fetch::fetch(&home, &only)? {
                 println!("{alias}: {outcome:?}");
             }
+            Ok(())
+        }
+        Command::Serve { engine, service } => run_role(&engine, &service, Role::Serve),
+        Command::Api { engine, service } => run_role(&engine, &service, Role::Api),
+        Command::Worker { engine, service } => run_role(&engine, &service, Role::Worker),
+        Command::Migrate { database_url } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(roles::migrate(&database_url))?;
+            println!("migrations applied");
             Ok(())
         }
         Command::Score {
