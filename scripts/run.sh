@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin scorer
 target/release/scorer fetch
+# The embedded default: ignore broker/store URLs that may be set for other purposes.
+unset AMQP_URL REDIS_URL DATABASE_URL
 exec target/release/scorer serve "$@"
