@@ -158,10 +158,7 @@ impl Model {
                 HostData::BF16(v) => client.buffer_from_host(v, &spec.dims, device),
             }
             .with_context(|| format!("uploading {:?} {:?}", spec.slot, spec.dims))?;
-            weight_bytes += match &data {
-                HostData::F32(v) => 4 * v.len() as u64,
-                HostData::BF16(v) => 2 * v.len() as u64,
-            };
+            weight_bytes += data.byte_len();
             buffers.push(buf);
         }
         tracing::info!(

@@ -3,15 +3,19 @@
 //!
 //! Per-layer tensors are stacked into `[layers, ...]` so one `stablehlo.while`
 //! body can select layer `i` with `dynamic_slice` (compile time independent of
-//! depth). Projections are stored `[in, out]` (the plain `x @ W` layout) and
-//! fused where they share an input: q|k|v into one matrix, gate|up into another,
-//! so each is one large matmul over all tokens.
+//! depth). Projections keep the HF `[out, in]` orientation (the matmul
+//! contracts `in` on both sides; XLA's CPU dot runs this as fast as `[in, out]`,
+//! and loading then needs no transposes) and are fused where they share an
+//! input: q|k|v rows into one matrix, gate|up into another, so each is one large
+//! matmul over all tokens.
+
+use std::borrow::Cow;
 
 use anyhow::{Result, bail};
 use half::bf16;
 
 use crate::hlo::ElemType;
-use crate::weights::{HostTensor, ModelConfig, ModelWeights};
+use crate::weights::{HostTensor, LayerWeights, ModelConfig, ModelWeights};
 
 use super::DType;
 
@@ -81,17 +85,17 @@ pub(crate) enum Slot {
     FinalNorm,
     /// `[layers, hidden]`.
     AttnNorm,
-    /// `[layers, hidden, q + 2 kv]`.
+    /// `[layers, q + 2 kv, hidden]`.
     Wqkv,
     /// `[layers, q + 2 kv]`, only with attention biases.
     Bqkv,
-    /// `[layers, q, hidden]`.
+    /// `[layers, hidden, q]`.
     Wo,
     /// `[layers, hidden]`.
     FfnNorm,
-    /// `[layers, hidden, 2 ffn]`: gate columns then up columns.
+    /// `[layers, 2 ffn, hidden]`: gate rows then up rows.
     Wgu,
-    /// `[layers, ffn, hidden]`.
+    /// `[layers, hidden, ffn]`.
     Wdown,
 }
 
@@ -137,7 +141,7 @@ pub(crate) fn param_specs(d: &Dims, dtype: DType) -> Vec<ParamSpec> {
     });
     specs.push(ParamSpec {
         slot: Slot::Wqkv,
-        dims: vec![l, d.hidden, d.qkv_width()],
+        dims: vec![l, d.qkv_width(), d.hidden],
         elem: m,
     });
     if d.bias {
@@ -149,7 +153,7 @@ pub(crate) fn param_specs(d: &Dims, dtype: DType) -> Vec<ParamSpec> {
     }
     specs.push(ParamSpec {
         slot: Slot::Wo,
-        dims: vec![l, d.q_width(), d.hidden],
+        dims: vec![l, d.hidden, d.q_width()],
         elem: m,
     });
     specs.push(ParamSpec {
@@ -159,51 +163,36 @@ pub(crate) fn param_specs(d: &Dims, dtype: DType) -> Vec<ParamSpec> {
     });
     specs.push(ParamSpec {
         slot: Slot::Wgu,
-        dims: vec![l, d.hidden, 2 * d.ffn],
+        dims: vec![l, 2 * d.ffn, d.hidden],
         elem: m,
     });
     specs.push(ParamSpec {
         slot: Slot::Wdown,
-        dims: vec![l, d.ffn, d.hidden],
+        dims: vec![l, d.hidden, d.ffn],
         elem: m,
     });
     specs
 }
 
-/// Host data of one parameter, ready to upload.
-pub(crate) enum HostData {
-    F32(Vec<f32>),
+/// Host data of one parameter, ready to upload; f32 tensors that need no
+/// restacking are borrowed rather than copied.
+pub(crate) enum HostData<'a> {
+    F32(Cow<'a, [f32]>),
     BF16(Vec<bf16>),
 }
 
-impl HostData {
-    fn of(values: Vec<f32>, elem: ElemType) -> HostData {
+impl<'a> HostData<'a> {
+    fn of(values: Cow<'a, [f32]>, elem: ElemType) -> HostData<'a> {
         match elem {
-            ElemType::BF16 => HostData::BF16(values.into_iter().map(bf16::from_f32).collect()),
+            ElemType::BF16 => HostData::BF16(values.iter().map(|v| bf16::from_f32(*v)).collect()),
             _ => HostData::F32(values),
         }
     }
-}
 
-/// Writes `src` (`[rows, cols]`, HF `[out, in]`) transposed into the column
-/// range `col_off..col_off + rows` of `dst` (`[cols, dst_cols]`).
-fn transpose_into(
-    src: &[f32],
-    rows: usize,
-    cols: usize,
-    dst: &mut [f32],
-    dst_cols: usize,
-    col_off: usize,
-) {
-    const BLOCK: usize = 64;
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                let src_row = &src[r * cols..(r + 1) * cols];
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    dst[c * dst_cols + col_off + r] = src_row[c];
-                }
-            }
+    pub fn byte_len(&self) -> u64 {
+        match self {
+            HostData::F32(v) => 4 * v.len() as u64,
+            HostData::BF16(v) => 2 * v.len() as u64,
         }
     }
 }
@@ -215,49 +204,59 @@ fn check(t: &HostTensor, name: &str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Concatenates, per layer, the rows of the tensors `pick` returns (each
+/// checked against its expected shape), and stacks the layers.
+fn stack_rows<'w>(
+    w: &'w ModelWeights,
+    pick: impl Fn(&'w LayerWeights) -> Vec<(&'w HostTensor, &'static str, Vec<usize>)>,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for l in &w.layers {
+        for (t, name, shape) in pick(l) {
+            check(t, name, &shape)?;
+            out.extend_from_slice(&t.data);
+        }
+    }
+    Ok(out)
+}
+
 /// Builds the host data of one parameter from the HF-orientation weights.
-pub(crate) fn host_param(w: &ModelWeights, d: &Dims, spec: &ParamSpec) -> Result<HostData> {
+pub(crate) fn host_param<'w>(
+    w: &'w ModelWeights,
+    d: &Dims,
+    spec: &ParamSpec,
+) -> Result<HostData<'w>> {
     let h = d.hidden as usize;
     let ffn = d.ffn as usize;
     let q = d.q_width() as usize;
     let kv = d.kv_width() as usize;
-    let qkv = d.qkv_width() as usize;
-    let layers = &w.layers;
-    let values = match spec.slot {
-        Slot::Embed => w.embed_tokens.data.clone(),
+    let values: Cow<'w, [f32]> = match spec.slot {
+        Slot::Embed => Cow::Borrowed(&w.embed_tokens.data),
         Slot::LmHead => match &w.lm_head {
-            Some(t) => t.data.clone(),
+            Some(t) => Cow::Borrowed(&t.data),
             None => bail!("the program expects a separate LM head but the weights tie it"),
         },
-        Slot::FinalNorm => w.final_norm.data.clone(),
-        Slot::AttnNorm => layers
-            .iter()
-            .flat_map(|l| l.attn_norm.data.iter().copied())
-            .collect(),
-        Slot::FfnNorm => layers
-            .iter()
-            .flat_map(|l| l.ffn_norm.data.iter().copied())
-            .collect(),
-        Slot::Wqkv => {
-            let mut out = vec![0f32; layers.len() * h * qkv];
-            for (i, l) in layers.iter().enumerate() {
-                check(&l.q_proj, "q_proj", &[q, h])?;
-                check(&l.k_proj, "k_proj", &[kv, h])?;
-                check(&l.v_proj, "v_proj", &[kv, h])?;
-                let dst = &mut out[i * h * qkv..(i + 1) * h * qkv];
-                transpose_into(&l.q_proj.data, q, h, dst, qkv, 0);
-                transpose_into(&l.k_proj.data, kv, h, dst, qkv, q);
-                transpose_into(&l.v_proj.data, kv, h, dst, qkv, q + kv);
-            }
-            out
-        }
+        Slot::FinalNorm => Cow::Borrowed(&w.final_norm.data),
+        Slot::AttnNorm => Cow::Owned(stack_rows(w, |l| {
+            vec![(&l.attn_norm, "attn_norm", vec![h])]
+        })?),
+        Slot::FfnNorm => Cow::Owned(stack_rows(w, |l| vec![(&l.ffn_norm, "ffn_norm", vec![h])])?),
+        Slot::Wqkv => Cow::Owned(stack_rows(w, |l| {
+            vec![
+                (&l.q_proj, "q_proj", vec![q, h]),
+                (&l.k_proj, "k_proj", vec![kv, h]),
+                (&l.v_proj, "v_proj", vec![kv, h]),
+            ]
+        })?),
         Slot::Bqkv => {
-            let mut out = Vec::with_capacity(layers.len() * qkv);
-            for l in layers {
+            let mut out = Vec::with_capacity(w.layers.len() * d.qkv_width() as usize);
+            for l in &w.layers {
                 for (b, n) in [(&l.q_bias, q), (&l.k_bias, kv), (&l.v_bias, kv)] {
                     match b {
                         Some(t) => {
-                            check(t, "attention bias", &[n])?;
+                            if t.data.len() != n {
+                                bail!("attention bias: expected {n} values, found {:?}", t.shape);
+                            }
                             out.extend_from_slice(&t.data);
                         }
                         // A model may carry only some of the biases; absent ones are zero.
@@ -265,49 +264,18 @@ pub(crate) fn host_param(w: &ModelWeights, d: &Dims, spec: &ParamSpec) -> Result
                     }
                 }
             }
-            out
+            Cow::Owned(out)
         }
-        Slot::Wo => {
-            let mut out = vec![0f32; layers.len() * q * h];
-            for (i, l) in layers.iter().enumerate() {
-                check(&l.o_proj, "o_proj", &[h, q])?;
-                transpose_into(
-                    &l.o_proj.data,
-                    h,
-                    q,
-                    &mut out[i * q * h..(i + 1) * q * h],
-                    h,
-                    0,
-                );
-            }
-            out
-        }
-        Slot::Wgu => {
-            let mut out = vec![0f32; layers.len() * h * 2 * ffn];
-            for (i, l) in layers.iter().enumerate() {
-                check(&l.gate_proj, "gate_proj", &[ffn, h])?;
-                check(&l.up_proj, "up_proj", &[ffn, h])?;
-                let dst = &mut out[i * h * 2 * ffn..(i + 1) * h * 2 * ffn];
-                transpose_into(&l.gate_proj.data, ffn, h, dst, 2 * ffn, 0);
-                transpose_into(&l.up_proj.data, ffn, h, dst, 2 * ffn, ffn);
-            }
-            out
-        }
-        Slot::Wdown => {
-            let mut out = vec![0f32; layers.len() * ffn * h];
-            for (i, l) in layers.iter().enumerate() {
-                check(&l.down_proj, "down_proj", &[h, ffn])?;
-                transpose_into(
-                    &l.down_proj.data,
-                    h,
-                    ffn,
-                    &mut out[i * ffn * h..(i + 1) * ffn * h],
-                    h,
-                    0,
-                );
-            }
-            out
-        }
+        Slot::Wo => Cow::Owned(stack_rows(w, |l| vec![(&l.o_proj, "o_proj", vec![h, q])])?),
+        Slot::Wgu => Cow::Owned(stack_rows(w, |l| {
+            vec![
+                (&l.gate_proj, "gate_proj", vec![ffn, h]),
+                (&l.up_proj, "up_proj", vec![ffn, h]),
+            ]
+        })?),
+        Slot::Wdown => Cow::Owned(stack_rows(w, |l| {
+            vec![(&l.down_proj, "down_proj", vec![h, ffn])]
+        })?),
     };
     let expected: i64 = spec.dims.iter().product();
     if values.len() as i64 != expected {
@@ -319,21 +287,4 @@ pub(crate) fn host_param(w: &ModelWeights, d: &Dims, spec: &ParamSpec) -> Result
         );
     }
     Ok(HostData::of(values, spec.elem))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_into_places_columns() {
-        // src [2, 3] -> dst [3, 4] at column offset 1.
-        let src = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let mut dst = [0.0f32; 12];
-        transpose_into(&src, 2, 3, &mut dst, 4, 1);
-        assert_eq!(
-            dst,
-            [0.0, 1.0, 4.0, 0.0, 0.0, 2.0, 5.0, 0.0, 0.0, 3.0, 6.0, 0.0]
-        );
-    }
 }

@@ -39,14 +39,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// `x [.., K] @ w [K, N]` with `x` cast to the matrix type; f32 result.
+    /// `x [.., K] @ w^T` for `w [N, K]` (HF orientation), `x` cast to the matrix type; f32 result.
     fn matmul(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> crate::hlo::Result<Value> {
         let xc = b.convert(x, self.mat);
         let last = x.rank() as i64 - 1;
         b.dot_general(
             &xc,
             w,
-            &DotDims::contract(&[last], &[0]),
+            &DotDims::contract(&[last], &[1]),
             ElemType::F32,
             self.precision,
         )
