@@ -4,14 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// `SCORER_HOME`, default `~/.cache/scorer`.
-pub fn scorer_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("SCORER_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home);
-    }
-    let user_home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    user_home.join(".cache").join("scorer")
-}
+pub use scorer_engine::home::scorer_home;
 
 /// The model served when none is named.
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";

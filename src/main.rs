@@ -205,7 +205,7 @@ impl EngineArgs {
         }
         cfg.dtype = self.dtype;
         cfg.device = self.device;
-        cfg.compile_cache = Some(home::scorer_home().join("executables"));
+        cfg.compile_cache = Some(scorer_engine::home::executable_cache());
         Ok(cfg)
     }
 }

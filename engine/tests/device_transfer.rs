@@ -1,10 +1,8 @@
 //! Device→host traffic of a scoring call. Its own test binary (own process), so no other test's
 //! transfers reach the global counter while it measures.
 
-use std::path::PathBuf;
-
-use scorer_engine::pjrt;
 use scorer_engine::runtime::{Engine, EngineConfig};
+use scorer_engine::{home, pjrt};
 use scorer_protocol::ScoreRequest;
 
 fn engine(alias: &str) -> Engine {

@@ -3,8 +3,9 @@
 //! 1 within 1e-6, prompt token ids identical to Hugging Face; the packed multi-item path equal to
 //! the per-item path within 1e-4.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use scorer_engine::home;
 use scorer_engine::packing::Packing;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{ScoreBackend, ScoreRequest};
@@ -26,8 +27,8 @@ fn golden(alias: &str) -> Value {
 }
 
 fn engine(alias: &str, packing: Packing) -> Engine {
-    let model = scorer_home().join("models").join(format!("{alias}.gguf"));
-    let mut cfg = EngineConfig::new(model, alias.to_string());
+    let mut cfg = EngineConfig::new(home::model_file(alias), alias.to_string());
+    cfg.compile_cache = Some(home::executable_cache());
     cfg.packing = packing;
     Engine::load(cfg).expect("engine loads")
 }

@@ -2,16 +2,23 @@
 //! contract test suite:
 //! - [`JobQueue`]: RabbitMQ ([`AmqpQueue`]) or an in-process priority queue ([`MemoryQueue`]);
 //! - [`ResultStore`]: Redis ([`RedisResultStore`]) or in-process ([`MemoryResultStore`]);
-//! - [`AuditStore`]: Postgres ([`PostgresAuditStore`]) or in-process ([`MemoryAuditStore`]).
+//! - [`AuditStore`]: Postgres ([`PostgresAuditStore`]) or in-process ([`MemoryAuditStore`]);
+//! - [`BatchStore`]: Postgres ([`PostgresBatchStore`]) or in-process ([`MemoryBatchStore`]).
 
 pub mod audit;
+pub mod batches;
 mod error;
 pub mod queue;
 pub mod results;
 pub mod webhook;
 
 pub use audit::{
-    AuditStore, CancelOutcome, Inserted, MemoryAuditStore, PostgresAuditStore, StartOutcome,
+    AuditStore, CancelOutcome, Finished, Inserted, MemoryAuditStore, PostgresAuditStore,
+    StartOutcome,
+};
+pub use batches::{
+    BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult,
+    MemoryBatchStore, PostgresBatchStore,
 };
 pub use error::StoreError;
 pub use queue::{

@@ -1,0 +1,368 @@
+//! One contract for every `BatchStore`: each check runs against Postgres and the in-process
+//! store, each paired with the audit store that holds its jobs (the worker's view of them).
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use common::{database_url, unique};
+use scorer_jobs::{
+    AuditStore, BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError,
+    MemoryAuditStore, MemoryBatchStore, PostgresAuditStore, PostgresBatchStore, StartOutcome,
+};
+use scorer_protocol::ScoreResponse;
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus, now_millis};
+use uuid::Uuid;
+
+struct Pair {
+    audit: Arc<dyn AuditStore>,
+    batches: Arc<dyn BatchStore>,
+}
+
+async fn postgres() -> Pair {
+    let audit = PostgresAuditStore::connect(&database_url())
+        .await
+        .expect("postgres");
+    let batches = PostgresBatchStore::new(audit.pool().clone());
+    batches.migrate().await.expect("migrate");
+    Pair {
+        audit: Arc::new(audit),
+        batches: Arc::new(batches),
+    }
+}
+
+fn memory() -> Pair {
+    let audit: Arc<dyn AuditStore> = Arc::new(MemoryAuditStore::new());
+    Pair {
+        batches: Arc::new(MemoryBatchStore::new(audit.clone())),
+        audit,
+    }
+}
+
+fn batch(tenant: &str) -> BatchRecord {
+    let now = now_millis();
+    BatchRecord {
+        id: Uuid::now_v7(),
+        tenant: tenant.to_string(),
+        model: "m".into(),
+        status: BatchStatus::Validating,
+        completion_window: "24h".into(),
+        metadata: Some(serde_json::json!({"run": "nightly"})),
+        error: None,
+        created_at: now,
+        expires_at: now + Duration::hours(24),
+        in_progress_at: None,
+        finalizing_at: None,
+        completed_at: None,
+        failed_at: None,
+        expired_at: None,
+        cancelling_at: None,
+        cancelled_at: None,
+    }
+}
+
+fn line(b: &BatchRecord, custom_id: &str) -> BatchLine {
+    let mut r = JobRecord::queued(
+        Uuid::now_v7(),
+        b.tenant.clone(),
+        JobKind::Async,
+        b.model.clone(),
+        JobPriority::Bulk,
+    );
+    r.request =
+        Some(serde_json::json!({"query": custom_id, "items": ["a"], "label_token_ids": [1]}));
+    r.prompt_tokens = Some(3);
+    r.expires_at = Some(b.expires_at);
+    BatchLine {
+        custom_id: custom_id.to_string(),
+        record: r,
+    }
+}
+
+async fn run_job(p: &Pair, l: &BatchLine, status: JobStatus) {
+    let StartOutcome::Started(mut r) = p
+        .audit
+        .start(l.record.id, "w", now_millis())
+        .await
+        .expect("start")
+    else {
+        panic!("job {} did not start", l.custom_id);
+    };
+    r.status = status;
+    r.finished_at = Some(now_millis());
+    match status {
+        JobStatus::Succeeded => {
+            r.result = Some(ScoreResponse::new(vec![vec![0.25, 0.75]], "m", 3));
+        }
+        _ => r.error = Some("engine failed".into()),
+    }
+    p.audit.finish(&r).await.expect("finish");
+}
+
+async fn create_get_list_paginate(p: &Pair) {
+    let tenant = unique("tenant");
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let b = batch(&tenant);
+        p.batches.create(&b).await.expect("create");
+        assert_eq!(p.batches.get(b.id).await.expect("get"), Some(b.clone()));
+        made.push(b);
+    }
+    assert_eq!(p.batches.get(Uuid::now_v7()).await.expect("get"), None);
+    // Newest first, two at a time, each page after the last id of the one before.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = p.batches.list(&tenant, after, 2).await.expect("list");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        after = page.last().map(|b| b.id);
+        seen.extend(page.into_iter().map(|b| b.id));
+    }
+    let want: Vec<Uuid> = made.iter().rev().map(|b| b.id).collect();
+    assert_eq!(seen, want);
+    assert!(
+        p.batches
+            .list(&unique("other"), None, 10)
+            .await
+            .expect("list")
+            .is_empty(),
+        "another tenant sees none of them"
+    );
+}
+
+async fn transitions_are_compare_and_set(p: &Pair) {
+    let b = batch(&unique("tenant"));
+    p.batches.create(&b).await.expect("create");
+    let at = now_millis();
+    let moved = p
+        .batches
+        .transition(
+            b.id,
+            &[BatchStatus::Validating],
+            BatchStatus::InProgress,
+            at,
+            None,
+        )
+        .await
+        .expect("transition")
+        .expect("moved");
+    assert_eq!(moved.status, BatchStatus::InProgress);
+    assert_eq!(moved.in_progress_at, Some(at));
+    assert_eq!(
+        p.batches
+            .transition(
+                b.id,
+                &[BatchStatus::Validating],
+                BatchStatus::Failed,
+                at,
+                Some("x".into())
+            )
+            .await
+            .expect("transition"),
+        None,
+        "not from a status it is not in"
+    );
+    let failed = p
+        .batches
+        .transition(
+            b.id,
+            &[BatchStatus::InProgress],
+            BatchStatus::Failed,
+            at,
+            Some("no valid line".into()),
+        )
+        .await
+        .expect("transition")
+        .expect("moved");
+    assert_eq!(failed.error.as_deref(), Some("no valid line"));
+    assert_eq!(failed.failed_at, Some(at));
+    assert_eq!(p.batches.get(b.id).await.expect("get"), Some(failed));
+    assert_eq!(
+        p.batches
+            .transition(
+                Uuid::now_v7(),
+                &[BatchStatus::Validating],
+                BatchStatus::Failed,
+                at,
+                None
+            )
+            .await
+            .expect("transition"),
+        None
+    );
+}
+
+async fn lines_duplicates_counts_results(p: &Pair) {
+    let b = batch(&unique("tenant"));
+    p.batches.create(&b).await.expect("create");
+    let first: Vec<BatchLine> = ["c", "a", "b"].iter().map(|c| line(&b, c)).collect();
+    assert!(
+        p.batches
+            .add_lines(b.id, &first)
+            .await
+            .expect("add")
+            .is_empty()
+    );
+    // "a" again (already there) and "d" twice within the chunk: one "d" is kept.
+    let second = vec![line(&b, "a"), line(&b, "d"), line(&b, "d")];
+    assert_eq!(
+        p.batches.add_lines(b.id, &second).await.expect("add"),
+        vec![0, 2]
+    );
+    assert_eq!(
+        p.audit.get(second[0].record.id).await.expect("get"),
+        None,
+        "a refused line has no job"
+    );
+    // Each kept line is one audit row with the batch's deadline and the bulk priority.
+    let stored = p
+        .audit
+        .get(first[1].record.id)
+        .await
+        .expect("get")
+        .expect("audit row");
+    assert_eq!(stored.status, JobStatus::Queued);
+    assert_eq!(stored.priority, JobPriority::Bulk);
+    assert_eq!(stored.expires_at, Some(b.expires_at));
+    assert_eq!(stored.request, first[1].record.request);
+
+    p.batches
+        .add_errors(
+            b.id,
+            &[
+                LineError {
+                    line: 7,
+                    custom_id: None,
+                    message: "not JSON".into(),
+                },
+                LineError {
+                    line: 3,
+                    custom_id: Some("x".into()),
+                    message: "Token ID 999999 is out of vocabulary".into(),
+                },
+            ],
+        )
+        .await
+        .expect("errors");
+    assert_eq!(
+        p.batches.counts(b.id).await.expect("counts"),
+        BatchCounts {
+            queued: 4,
+            invalid: 2,
+            ..BatchCounts::default()
+        }
+    );
+
+    run_job(p, &first[0], JobStatus::Succeeded).await; // c
+    run_job(p, &first[1], JobStatus::Succeeded).await; // a
+    run_job(p, &first[2], JobStatus::Failed).await; // b
+    let counts = p.batches.counts(b.id).await.expect("counts");
+    assert_eq!(
+        counts,
+        BatchCounts {
+            queued: 1,
+            succeeded: 2,
+            failed: 1,
+            invalid: 2,
+            ..BatchCounts::default()
+        }
+    );
+    assert_eq!(counts.total(), 6);
+    assert_eq!(counts.pending(), 1);
+
+    // Succeeded lines in custom_id order, one page at a time.
+    let page = p.batches.results(b.id, true, None, 1).await.expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].custom_id, "a");
+    assert_eq!(page[0].record.id, first[1].record.id);
+    assert_eq!(
+        page[0].record.result,
+        Some(ScoreResponse::new(vec![vec![0.25, 0.75]], "m", 3))
+    );
+    let page = p
+        .batches
+        .results(b.id, true, Some("a"), 10)
+        .await
+        .expect("page");
+    assert_eq!(
+        page.iter()
+            .map(|r| r.custom_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["c"]
+    );
+    let failed = p
+        .batches
+        .results(b.id, false, None, 10)
+        .await
+        .expect("page");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].custom_id, "b");
+    assert_eq!(failed[0].record.error.as_deref(), Some("engine failed"));
+
+    // Rejected lines in file order, paged by line number.
+    let errs = p.batches.line_errors(b.id, 0, 1).await.expect("errors");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 3);
+    assert_eq!(errs[0].custom_id.as_deref(), Some("x"));
+    let errs = p.batches.line_errors(b.id, 3, 10).await.expect("errors");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 7);
+    assert_eq!(errs[0].custom_id, None);
+
+    // Cancelling takes only the job that had not started; it then shows as failed.
+    assert_eq!(
+        p.batches
+            .cancel_queued(b.id, now_millis())
+            .await
+            .expect("cancel"),
+        1
+    );
+    assert_eq!(
+        p.batches
+            .cancel_queued(b.id, now_millis())
+            .await
+            .expect("cancel"),
+        0
+    );
+    let counts = p.batches.counts(b.id).await.expect("counts");
+    assert_eq!(counts.pending(), 0);
+    assert_eq!(counts.failed, 2);
+    let failed = p
+        .batches
+        .results(b.id, false, None, 10)
+        .await
+        .expect("page");
+    assert_eq!(
+        failed
+            .iter()
+            .map(|r| (r.custom_id.as_str(), r.record.status))
+            .collect::<Vec<_>>(),
+        vec![("b", JobStatus::Failed), ("d", JobStatus::Cancelled)]
+    );
+}
+
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_postgres() {
+                super::$name(&postgres().await).await;
+            }
+
+            #[tokio::test]
+            async fn in_process() {
+                super::$name(&memory()).await;
+            }
+        }
+    };
+}
+
+contract!(create_get_list_paginate);
+contract!(transitions_are_compare_and_set);
+contract!(lines_duplicates_counts_results);
