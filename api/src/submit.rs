@@ -140,8 +140,8 @@ pub async fn accept(
         failed.status = JobStatus::Failed;
         failed.finished_at = Some(now_millis());
         failed.error = Some(format!("could not be queued: {e}"));
-        if let Ok(stored) = state.stores.audit.finish(&failed).await {
-            let _ = state.stores.results.put(&stored).await;
+        if let Ok(finished) = state.stores.audit.finish(&failed).await {
+            let _ = state.stores.results.put(&finished.record).await;
         }
         return Err(e.into());
     }

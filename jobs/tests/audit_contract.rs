@@ -114,10 +114,16 @@ async fn finish_is_idempotent(s: &dyn AuditStore) {
     };
     let done = outcome(running.clone(), JobStatus::Succeeded);
     let stored = s.finish(&done).await.expect("finish");
-    assert_eq!(stored, done);
+    assert_eq!(stored.record, done);
+    assert!(stored.applied);
     // A second delivery finishing differently does not rewrite history.
     let late = outcome(running, JobStatus::Failed);
-    assert_eq!(s.finish(&late).await.expect("finish"), done);
+    let again = s.finish(&late).await.expect("finish");
+    assert_eq!(again.record, done);
+    assert!(
+        !again.applied,
+        "the second delivery did not decide the outcome"
+    );
     assert_eq!(s.get(r.id).await.expect("get"), Some(done.clone()));
     assert_eq!(
         s.start(r.id, "w", now_millis()).await.expect("start"),
@@ -129,7 +135,8 @@ async fn finish_is_idempotent(s: &dyn AuditStore) {
 async fn finish_upserts_missing_row(s: &dyn AuditStore) {
     let mut r = outcome(record(), JobStatus::Failed);
     r.attempts = 3;
-    assert_eq!(s.finish(&r).await.expect("finish"), r);
+    let stored = s.finish(&r).await.expect("finish");
+    assert_eq!((stored.record.clone(), stored.applied), (r.clone(), true));
     assert_eq!(s.get(r.id).await.expect("get"), Some(r));
 }
 

@@ -197,20 +197,21 @@ enum Ack {
 /// wakes sync waiters), sends the webhook, and only then settles the message. If storing
 /// fails the message is requeued, so the outcome is not lost.
 async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: Ack) {
-    let stored = match worker.audit.finish(record).await {
-        Ok(stored) => stored,
+    let finished = match worker.audit.finish(record).await {
+        Ok(finished) => finished,
         Err(e) => {
             retry_later(delivery, e).await;
             return;
         }
     };
+    let stored = finished.record;
     if let Err(e) = worker.results.put(&stored).await {
         retry_later(delivery, e).await;
         return;
     }
     metrics::counter!("scorer_worker_jobs_total", "status" => stored.status.as_str()).increment(1);
     // Only the delivery that actually decided the outcome notifies the webhook.
-    if stored == *record
+    if finished.applied
         && let Some(url) = &stored.webhook
     {
         worker.webhooks.spawn(url.clone(), stored.object());

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use scorer_protocol::job::{JobRecord, JobStatus};
 use uuid::Uuid;
 
-use super::{AuditStore, CancelOutcome, Inserted, StartOutcome, millis_between};
+use super::{AuditStore, CancelOutcome, Finished, Inserted, StartOutcome, millis_between};
 use crate::StoreError;
 
 #[derive(Default)]
@@ -75,13 +75,15 @@ impl AuditStore for MemoryAuditStore {
         Ok(StartOutcome::Started(job.clone()))
     }
 
-    async fn finish(&self, record: &JobRecord) -> Result<JobRecord, StoreError> {
+    async fn finish(&self, record: &JobRecord) -> Result<Finished, StoreError> {
         let mut state = self.lock();
+        let fresh = !state.jobs.contains_key(&record.id);
         let stored = state
             .jobs
             .entry(record.id)
             .or_insert_with(|| record.clone());
-        if !stored.status.is_terminal() {
+        let applied = fresh || !stored.status.is_terminal();
+        if !fresh && applied {
             let request = stored.request.take();
             let attempts = stored.attempts.max(record.attempts);
             let started_at = record.started_at.or(stored.started_at);
@@ -92,7 +94,10 @@ impl AuditStore for MemoryAuditStore {
             stored.started_at = started_at;
             stored.queue_ms = queue_ms;
         }
-        Ok(stored.clone())
+        Ok(Finished {
+            record: stored.clone(),
+            applied,
+        })
     }
 
     async fn cancel(&self, id: Uuid, at: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {

@@ -44,6 +44,14 @@ pub enum CancelOutcome {
     Missing,
 }
 
+/// The row after `finish`, and whether this call decided it (only that caller sends the
+/// webhook).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub record: JobRecord,
+    pub applied: bool,
+}
+
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
     /// Bring the schema up to date.
@@ -62,9 +70,8 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> Result<StartOutcome, StoreError>;
 
     /// Upsert a terminal state by job id. A job already terminal keeps its state, so a
-    /// redelivered job finishing twice leaves one row with the first outcome. Returns the stored
-    /// row.
-    async fn finish(&self, record: &JobRecord) -> Result<JobRecord, StoreError>;
+    /// redelivered job finishing twice leaves one row with the first outcome.
+    async fn finish(&self, record: &JobRecord) -> Result<Finished, StoreError>;
 
     /// Cancel a job that has not started.
     async fn cancel(&self, id: Uuid, at: DateTime<Utc>) -> Result<CancelOutcome, StoreError>;

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use uuid::Uuid;
 
-use super::{AuditStore, CancelOutcome, Inserted, StartOutcome};
+use super::{AuditStore, CancelOutcome, Finished, Inserted, StartOutcome};
 use crate::StoreError;
 
 const SERVICE: &str = "postgres";
@@ -208,7 +208,7 @@ impl AuditStore for PostgresAuditStore {
         }
     }
 
-    async fn finish(&self, record: &JobRecord) -> Result<JobRecord, StoreError> {
+    async fn finish(&self, record: &JobRecord) -> Result<Finished, StoreError> {
         let sql = format!(
             "INSERT INTO jobs ({COLUMNS}) VALUES ({PLACEHOLDERS}) \
              ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result, \
@@ -227,11 +227,16 @@ impl AuditStore for PostgresAuditStore {
             .await
             .map_err(unavailable)?;
         match row {
-            Some(row) => from_row(&row),
-            None => self
-                .fetch(record.id)
-                .await?
-                .ok_or_else(|| StoreError::unavailable(SERVICE, "job row vanished during finish")),
+            Some(row) => Ok(Finished {
+                record: from_row(&row)?,
+                applied: true,
+            }),
+            None => Ok(Finished {
+                record: self.fetch(record.id).await?.ok_or_else(|| {
+                    StoreError::unavailable(SERVICE, "job row vanished during finish")
+                })?,
+                applied: false,
+            }),
         }
     }
 
