@@ -11,14 +11,6 @@ use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{ScoreBackend, ScoreRequest};
 use serde_json::Value;
 
-fn scorer_home() -> PathBuf {
-    std::env::var_os("SCORER_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/scorer")
-        })
-}
-
 fn golden(alias: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/reference/goldens")
