@@ -6,13 +6,9 @@ use scorer_engine::{home, pjrt};
 use scorer_protocol::ScoreRequest;
 
 fn engine(alias: &str) -> Engine {
-    let home = std::env::var_os("SCORER_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/scorer")
-        });
-    let model = home.join("models").join(format!("{alias}.gguf"));
-    Engine::load(EngineConfig::new(model, alias.to_string())).expect("engine loads")
+    let mut cfg = EngineConfig::new(home::model_file(alias), alias.to_string());
+    cfg.compile_cache = Some(home::executable_cache());
+    Engine::load(cfg).expect("engine loads")
 }
 
 /// Device→host traffic of a scoring call is the [N, L] result, not a vocabulary-sized row.
