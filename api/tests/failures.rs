@@ -71,6 +71,46 @@ async fn worker_killed_mid_job(backing: Backing) {
     h.finish().await;
 }
 
+/// A job that keeps losing its worker runs out of attempts: failed, and its message dead-lettered.
+async fn over_attempt_is_dead_lettered(backing: Backing) {
+    let mut h = Harness::start(backing, |c| c.worker.max_attempts = 1).await;
+    let first = h.start_worker();
+    let (status, _, job) = h.post("/v1/score/jobs", &long_body()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+    let running = h
+        .wait_job(&id, Duration::from_secs(60), |j| j["status"] != "queued")
+        .await;
+    assert_eq!(
+        running["status"], "running",
+        "killed while running: {running}"
+    );
+    h.kill_worker(first).await;
+    h.start_worker();
+    let failed = h.wait_terminal(&id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .expect("error")
+            .contains("gave up after 1 attempts"),
+        "{failed}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        if let Some(d) = h.stores.queue.pop_dead_letter(MODEL).await.expect("pop") {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letter arrives"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.job_id.map(|u| u.to_string()), Some(id));
+    h.finish().await;
+}
+
 async fn poison_message_is_dead_lettered(backing: Backing) {
     let mut h = Harness::start(backing, |_| {}).await;
     h.start_worker();
@@ -248,4 +288,8 @@ macro_rules! on_both {
     };
 }
 
-on_both!(worker_killed_mid_job, poison_message_is_dead_lettered);
+on_both!(
+    worker_killed_mid_job,
+    over_attempt_is_dead_lettered,
+    poison_message_is_dead_lettered,
+);

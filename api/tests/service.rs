@@ -487,6 +487,55 @@ async fn graceful_shutdown_drains(backing: Backing) {
     h.finish().await;
 }
 
+async fn api_keys_and_tenants(backing: Backing) {
+    let h = Harness::start(backing, |c| {
+        c.api_keys.insert("key-a".into(), "tenant-a".into());
+        c.api_keys.insert("key-b".into(), "tenant-b".into());
+    })
+    .await;
+    let (status, _, err) = h.post("/v1/score/jobs", &score_body()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
+    assert_error(&err, 401, "AuthenticationError");
+    let (status, _, err) = h
+        .post_with(
+            "/v1/score/jobs",
+            &score_body(),
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
+    let (status, _, job) = h
+        .post_with(
+            "/v1/score/jobs",
+            &score_body(),
+            &[("authorization", "Bearer key-a")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let path = format!("/v1/score/jobs/{}", job["id"].as_str().expect("id"));
+    let get_as = |key: &'static str| {
+        h.http
+            .get(format!("{}{path}", h.base))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+    };
+    let mine = get_as("key-a").await.expect("get");
+    assert_eq!(mine.status(), StatusCode::OK);
+    let theirs = get_as("key-b").await.expect("get");
+    assert_eq!(theirs.status(), StatusCode::FORBIDDEN);
+    let err: Value = theirs.json().await.expect("json");
+    assert_error(&err, 403, "PermissionDeniedError");
+    let (status, _, err) = h
+        .post_with(
+            &format!("{path}/cancel"),
+            &json!({}),
+            &[("authorization", "Bearer key-b")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    h.finish().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod real {
@@ -520,4 +569,5 @@ on_both!(
     queue_bound_answers_429,
     meta_endpoints,
     graceful_shutdown_drains,
+    api_keys_and_tenants,
 );
