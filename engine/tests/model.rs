@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use scorer_engine::model::{DType, DirStore, HeadVariant, Model, PackedBatch};
+use scorer_engine::model::{
+    DType, DirStore, HeadVariant, LayerLayout, LoadOptions, Model, PackedBatch,
+};
 use scorer_engine::pjrt::{Client, Plugin, default_plugin_path};
 use scorer_engine::weights::{Arch, HostTensor, LayerWeights, ModelConfig, ModelWeights};
 
@@ -359,6 +361,29 @@ fn llama_like_untied_without_bias_matches_reference() {
             1e-4,
             &format!("{head:?}"),
         );
+    }
+}
+
+#[test]
+fn per_layer_layout_matches_reference() {
+    for (arch, seed) in [(&QWEN_LIKE, 21), (&LLAMA_LIKE, 22)] {
+        let w = tiny_weights(arch, seed);
+        let opts = LoadOptions {
+            layout: LayerLayout::PerLayer,
+            ..Default::default()
+        };
+        let model = Model::load_with(client(), &w, opts).unwrap();
+        assert_eq!(model.layout(), LayerLayout::PerLayer);
+        let mut r = Rng(seed);
+        let batch = packed_batch(
+            &ids(&mut r, 7),
+            &[ids(&mut r, 3), ids(&mut r, 5)],
+            &[1, 2, 3],
+        );
+        for head in [HeadVariant::FullLogprobs, HeadVariant::LabelLogits] {
+            let got = model.run(&batch, head).unwrap();
+            assert_rows_close(&got, &reference(&w, &batch, head), 1e-4, "per-layer layout");
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::pjrt::{Buffer, Client, LoadedExecutable};
 use crate::weights::{ModelConfig, ModelWeights};
 
 use params::{Dims, HostData, host_param, param_specs};
+
+pub use params::LayerLayout;
 use program::{ProgramSpec, build_program};
 
 pub use store::{DirStore, ExecutableStore};
@@ -103,6 +105,15 @@ pub struct ModelStats {
     pub weight_bytes: u64,
 }
 
+/// How [`Model::load_with`] places the weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    /// Which of the client's addressable devices holds the weights and runs the programs.
+    pub device: usize,
+    pub layout: LayerLayout,
+}
+
 /// The largest token bucket unless [`Model::set_max_tokens`] says otherwise.
 pub const DEFAULT_MAX_TOKENS: usize = 8192;
 
@@ -112,6 +123,7 @@ pub struct Model {
     device: usize,
     config: ModelConfig,
     dtype: DType,
+    layout: LayerLayout,
     dims: Dims,
     weights: Vec<Buffer>,
     max_tokens: usize,
@@ -131,13 +143,31 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Uploads `weights` to `device` once, stacked and laid out for the program.
+    /// Uploads `weights` to `device` once, in the default [`LayerLayout`].
     pub fn load(
         client: Client,
         weights: &ModelWeights,
         dtype: DType,
         device: usize,
     ) -> Result<Model> {
+        Self::load_with(
+            client,
+            weights,
+            LoadOptions {
+                dtype,
+                device,
+                layout: LayerLayout::default(),
+            },
+        )
+    }
+
+    /// Uploads `weights` once, laid out for the program as `opts` says.
+    pub fn load_with(client: Client, weights: &ModelWeights, opts: LoadOptions) -> Result<Model> {
+        let LoadOptions {
+            dtype,
+            device,
+            layout,
+        } = opts;
         let started = Instant::now();
         weights
             .validate()
@@ -151,7 +181,7 @@ impl Model {
         let mut buffers = Vec::new();
         let mut weight_bytes = 0u64;
         // One parameter at a time keeps the host peak at one stacked tensor.
-        for spec in param_specs(&dims, dtype) {
+        for spec in param_specs(&dims, dtype, layout) {
             let data = host_param(weights, &dims, &spec)?;
             let buf = match &data {
                 HostData::F32(v) => client.buffer_from_host(v, &spec.dims, device),
@@ -164,6 +194,7 @@ impl Model {
         tracing::info!(
             model = %weights.config.name,
             dtype = dtype.as_str(),
+            ?layout,
             device,
             weight_mib = weight_bytes / (1 << 20),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -174,6 +205,7 @@ impl Model {
             device,
             config: weights.config.clone(),
             dtype,
+            layout,
             dims,
             weights: buffers,
             max_tokens: DEFAULT_MAX_TOKENS,
@@ -208,6 +240,10 @@ impl Model {
         self.dtype
     }
 
+    pub fn layout(&self) -> LayerLayout {
+        self.layout
+    }
+
     pub fn device(&self) -> usize {
         self.device
     }
@@ -234,6 +270,7 @@ impl Model {
         Ok(ProgramSpec {
             dims: self.dims.clone(),
             dtype: self.dtype,
+            layout: self.layout,
             tokens: t as i64,
             scores: buckets::score_bucket(scores) as i64,
             labels: buckets::label_bucket(labels) as i64,

@@ -99,9 +99,26 @@ pub(crate) enum Slot {
     Wdown,
 }
 
+/// How per-layer weights are passed to the program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerLayout {
+    /// One `[layers, ...]` parameter per weight kind; the program loops over
+    /// layers with `stablehlo.while` and `dynamic_slice` (compile time flat in
+    /// depth; each layer's weights are copied out of the stack every pass).
+    #[default]
+    Stacked,
+    /// One parameter per weight per layer; the program is unrolled (no copies,
+    /// compile time grows with depth).
+    PerLayer,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct ParamSpec {
     pub slot: Slot,
+    /// `Some(i)`: layer `i`'s tensor alone (per-layer layout); `None` for global
+    /// weights and for stacked per-layer weights.
+    pub layer: Option<usize>,
     pub dims: Vec<i64>,
     pub elem: ElemType,
 }
@@ -113,64 +130,64 @@ pub(crate) fn matrix_elem(dtype: DType) -> ElemType {
     }
 }
 
-pub(crate) fn param_specs(d: &Dims, dtype: DType) -> Vec<ParamSpec> {
-    let m = matrix_elem(dtype);
-    let f = ElemType::F32;
-    let l = d.layers;
-    let mut specs = vec![ParamSpec {
-        slot: Slot::Embed,
-        dims: vec![d.vocab, d.hidden],
-        elem: m,
-    }];
-    if !d.tied {
-        specs.push(ParamSpec {
-            slot: Slot::LmHead,
-            dims: vec![d.vocab, d.hidden],
-            elem: m,
-        });
-    }
-    specs.push(ParamSpec {
-        slot: Slot::FinalNorm,
-        dims: vec![d.hidden],
-        elem: f,
-    });
-    specs.push(ParamSpec {
-        slot: Slot::AttnNorm,
-        dims: vec![l, d.hidden],
-        elem: f,
-    });
-    specs.push(ParamSpec {
-        slot: Slot::Wqkv,
-        dims: vec![l, d.qkv_width(), d.hidden],
-        elem: m,
-    });
+/// The per-layer weight kinds, in parameter order, with their per-layer dims.
+pub(crate) fn layer_slots(d: &Dims) -> Vec<(Slot, Vec<i64>)> {
+    let mut v = vec![
+        (Slot::AttnNorm, vec![d.hidden]),
+        (Slot::Wqkv, vec![d.qkv_width(), d.hidden]),
+    ];
     if d.bias {
-        specs.push(ParamSpec {
-            slot: Slot::Bqkv,
-            dims: vec![l, d.qkv_width()],
-            elem: f,
-        });
+        v.push((Slot::Bqkv, vec![d.qkv_width()]));
     }
-    specs.push(ParamSpec {
-        slot: Slot::Wo,
-        dims: vec![l, d.hidden, d.q_width()],
-        elem: m,
-    });
-    specs.push(ParamSpec {
-        slot: Slot::FfnNorm,
-        dims: vec![l, d.hidden],
-        elem: f,
-    });
-    specs.push(ParamSpec {
-        slot: Slot::Wgu,
-        dims: vec![l, 2 * d.ffn, d.hidden],
-        elem: m,
-    });
-    specs.push(ParamSpec {
-        slot: Slot::Wdown,
-        dims: vec![l, d.hidden, d.ffn],
-        elem: m,
-    });
+    v.extend([
+        (Slot::Wo, vec![d.hidden, d.q_width()]),
+        (Slot::FfnNorm, vec![d.hidden]),
+        (Slot::Wgu, vec![2 * d.ffn, d.hidden]),
+        (Slot::Wdown, vec![d.hidden, d.ffn]),
+    ]);
+    v
+}
+
+pub(crate) fn slot_elem(slot: Slot, dtype: DType) -> ElemType {
+    match slot {
+        Slot::FinalNorm | Slot::AttnNorm | Slot::FfnNorm | Slot::Bqkv => ElemType::F32,
+        _ => matrix_elem(dtype),
+    }
+}
+
+pub(crate) fn param_specs(d: &Dims, dtype: DType, layout: LayerLayout) -> Vec<ParamSpec> {
+    let global = |slot: Slot, dims: Vec<i64>| ParamSpec {
+        slot,
+        layer: None,
+        dims,
+        elem: slot_elem(slot, dtype),
+    };
+    let mut specs = vec![global(Slot::Embed, vec![d.vocab, d.hidden])];
+    if !d.tied {
+        specs.push(global(Slot::LmHead, vec![d.vocab, d.hidden]));
+    }
+    specs.push(global(Slot::FinalNorm, vec![d.hidden]));
+    match layout {
+        LayerLayout::Stacked => {
+            for (slot, dims) in layer_slots(d) {
+                let mut stacked = vec![d.layers];
+                stacked.extend(dims);
+                specs.push(global(slot, stacked));
+            }
+        }
+        LayerLayout::PerLayer => {
+            for i in 0..d.layers as usize {
+                for (slot, dims) in layer_slots(d) {
+                    specs.push(ParamSpec {
+                        slot,
+                        layer: Some(i),
+                        dims,
+                        elem: slot_elem(slot, dtype),
+                    });
+                }
+            }
+        }
+    }
     specs
 }
 
@@ -207,11 +224,11 @@ fn check(t: &HostTensor, name: &str, shape: &[usize]) -> Result<()> {
 /// Concatenates, per layer, the rows of the tensors `pick` returns (each
 /// checked against its expected shape), and stacks the layers.
 fn stack_rows<'w>(
-    w: &'w ModelWeights,
+    layers: &'w [LayerWeights],
     pick: impl Fn(&'w LayerWeights) -> Vec<(&'w HostTensor, &'static str, Vec<usize>)>,
 ) -> Result<Vec<f32>> {
     let mut out = Vec::new();
-    for l in &w.layers {
+    for l in layers {
         for (t, name, shape) in pick(l) {
             check(t, name, &shape)?;
             out.extend_from_slice(&t.data);
@@ -230,6 +247,29 @@ pub(crate) fn host_param<'w>(
     let ffn = d.ffn as usize;
     let q = d.q_width() as usize;
     let kv = d.kv_width() as usize;
+    let w_layers: &'w [LayerWeights] = match spec.layer {
+        Some(i) => match w.layers.get(i..=i) {
+            Some(one) => one,
+            None => bail!("layer {i} does not exist"),
+        },
+        None => &w.layers,
+    };
+    // One tensor per layer: borrowed for a single layer, else stacked.
+    let one = |get: fn(&LayerWeights) -> &HostTensor,
+               name: &'static str,
+               shape: Vec<usize>|
+     -> Result<Cow<'w, [f32]>> {
+        match w_layers {
+            [l] => {
+                let t = get(l);
+                check(t, name, &shape)?;
+                Ok(Cow::Borrowed(&t.data))
+            }
+            _ => Ok(Cow::Owned(stack_rows(w_layers, |l| {
+                vec![(get(l), name, shape.clone())]
+            })?)),
+        }
+    };
     let values: Cow<'w, [f32]> = match spec.slot {
         Slot::Embed => Cow::Borrowed(&w.embed_tokens.data),
         Slot::LmHead => match &w.lm_head {
@@ -237,11 +277,9 @@ pub(crate) fn host_param<'w>(
             None => bail!("the program expects a separate LM head but the weights tie it"),
         },
         Slot::FinalNorm => Cow::Borrowed(&w.final_norm.data),
-        Slot::AttnNorm => Cow::Owned(stack_rows(w, |l| {
-            vec![(&l.attn_norm, "attn_norm", vec![h])]
-        })?),
-        Slot::FfnNorm => Cow::Owned(stack_rows(w, |l| vec![(&l.ffn_norm, "ffn_norm", vec![h])])?),
-        Slot::Wqkv => Cow::Owned(stack_rows(w, |l| {
+        Slot::AttnNorm => one(|l| &l.attn_norm, "attn_norm", vec![h])?,
+        Slot::FfnNorm => one(|l| &l.ffn_norm, "ffn_norm", vec![h])?,
+        Slot::Wqkv => Cow::Owned(stack_rows(w_layers, |l| {
             vec![
                 (&l.q_proj, "q_proj", vec![q, h]),
                 (&l.k_proj, "k_proj", vec![kv, h]),
@@ -249,8 +287,8 @@ pub(crate) fn host_param<'w>(
             ]
         })?),
         Slot::Bqkv => {
-            let mut out = Vec::with_capacity(w.layers.len() * d.qkv_width() as usize);
-            for l in &w.layers {
+            let mut out = Vec::with_capacity(w_layers.len() * d.qkv_width() as usize);
+            for l in w_layers {
                 for (b, n) in [(&l.q_bias, q), (&l.k_bias, kv), (&l.v_bias, kv)] {
                     match b {
                         Some(t) => {
@@ -266,16 +304,14 @@ pub(crate) fn host_param<'w>(
             }
             Cow::Owned(out)
         }
-        Slot::Wo => Cow::Owned(stack_rows(w, |l| vec![(&l.o_proj, "o_proj", vec![h, q])])?),
-        Slot::Wgu => Cow::Owned(stack_rows(w, |l| {
+        Slot::Wo => one(|l| &l.o_proj, "o_proj", vec![h, q])?,
+        Slot::Wgu => Cow::Owned(stack_rows(w_layers, |l| {
             vec![
                 (&l.gate_proj, "gate_proj", vec![ffn, h]),
                 (&l.up_proj, "up_proj", vec![ffn, h]),
             ]
         })?),
-        Slot::Wdown => Cow::Owned(stack_rows(w, |l| {
-            vec![(&l.down_proj, "down_proj", vec![h, ffn])]
-        })?),
+        Slot::Wdown => one(|l| &l.down_proj, "down_proj", vec![h, ffn])?,
     };
     let expected: i64 = spec.dims.iter().product();
     if values.len() as i64 != expected {

@@ -11,17 +11,19 @@
 
 use anyhow::{Context, Result};
 
-use crate::hlo::{Cmp, DotDims, ElemType, FuncBuilder, Precision, TensorType, Value};
+use crate::hlo::{Cmp, DotDims, ElemType, FuncBuilder, HloError, Precision, TensorType, Value};
 
-use super::DType;
-use super::HeadVariant;
-use super::params::{Dims, Slot, matrix_elem, param_specs};
+use super::params::{Dims, LayerLayout, Slot, layer_slots, matrix_elem, param_specs};
+use super::{DType, HeadVariant};
+
+type HloResult<T> = crate::hlo::Result<T>;
 
 /// Everything that determines a program's text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ProgramSpec {
     pub dims: Dims,
     pub dtype: DType,
+    pub layout: LayerLayout,
     pub tokens: i64,
     pub scores: i64,
     pub labels: i64,
@@ -32,15 +34,56 @@ pub(crate) struct ProgramSpec {
 /// (padding) row stays finite: its probabilities then multiply zeros, never NaN.
 const MASKED: f64 = -1e30;
 
+fn missing(what: impl std::fmt::Debug) -> HloError {
+    HloError::Invalid {
+        op: "prefill",
+        msg: format!("no parameter for {what:?}"),
+    }
+}
+
 struct Ctx<'a> {
     d: &'a Dims,
     mat: ElemType,
     precision: Precision,
+    tokens: i64,
+}
+
+/// One layer's weights as values of the program (params or slices of them).
+struct LayerParams {
+    attn_norm: Value,
+    wqkv: Value,
+    bqkv: Option<Value>,
+    wo: Value,
+    ffn_norm: Value,
+    wgu: Value,
+    wdown: Value,
+}
+
+impl LayerParams {
+    fn from_slots(
+        mut pick: impl FnMut(Slot) -> HloResult<Option<Value>>,
+    ) -> HloResult<LayerParams> {
+        fn need(
+            pick: &mut impl FnMut(Slot) -> HloResult<Option<Value>>,
+            slot: Slot,
+        ) -> HloResult<Value> {
+            pick(slot)?.ok_or_else(|| missing(slot))
+        }
+        Ok(LayerParams {
+            attn_norm: need(&mut pick, Slot::AttnNorm)?,
+            wqkv: need(&mut pick, Slot::Wqkv)?,
+            bqkv: pick(Slot::Bqkv)?,
+            wo: need(&mut pick, Slot::Wo)?,
+            ffn_norm: need(&mut pick, Slot::FfnNorm)?,
+            wgu: need(&mut pick, Slot::Wgu)?,
+            wdown: need(&mut pick, Slot::Wdown)?,
+        })
+    }
 }
 
 impl Ctx<'_> {
     /// `x [.., K] @ w^T` for `w [N, K]` (HF orientation), `x` cast to the matrix type; f32 result.
-    fn matmul(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> crate::hlo::Result<Value> {
+    fn matmul(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> HloResult<Value> {
         let xc = b.convert(x, self.mat);
         let last = x.rank() as i64 - 1;
         b.dot_general(
@@ -53,7 +96,7 @@ impl Ctx<'_> {
     }
 
     /// HF RMSNorm over the last dim of `x [R, H]` with weight `w [H]`, in f32.
-    fn rms_norm(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> crate::hlo::Result<Value> {
+    fn rms_norm(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> HloResult<Value> {
         let dims = x.dims().to_vec();
         let sq = b.mul(x, x)?;
         let sum = b.reduce_sum(&sq, &[1])?;
@@ -68,13 +111,7 @@ impl Ctx<'_> {
     }
 
     /// Rotate-half RoPE on `x [T, n, hd]` with `cos`/`sin` `[T, hd]`.
-    fn rope(
-        &self,
-        b: &mut FuncBuilder,
-        x: &Value,
-        cos: &Value,
-        sin: &Value,
-    ) -> crate::hlo::Result<Value> {
+    fn rope(&self, b: &mut FuncBuilder, x: &Value, cos: &Value, sin: &Value) -> HloResult<Value> {
         let dims = x.dims().to_vec();
         let (t, n, hd) = (dims[0], dims[1], dims[2]);
         let half = hd / 2;
@@ -88,25 +125,98 @@ impl Ctx<'_> {
         let c = b.mul(&rot, &sb)?;
         b.add(&a, &c)
     }
-}
 
-/// Per-layer weights carried through the loop, in `LAYER_SLOTS` order.
-const LAYER_SLOTS: [Slot; 7] = [
-    Slot::AttnNorm,
-    Slot::Wqkv,
-    Slot::Bqkv,
-    Slot::Wo,
-    Slot::FfnNorm,
-    Slot::Wgu,
-    Slot::Wdown,
-];
+    /// One decoder layer on the residual stream `x [T, H]` (f32).
+    fn layer(
+        &self,
+        b: &mut FuncBuilder,
+        x: &Value,
+        mask: &Value,
+        cos: &Value,
+        sin: &Value,
+        w: &LayerParams,
+    ) -> HloResult<Value> {
+        let d = self.d;
+        let t = self.tokens;
+        let (hd, nh, nkv) = (d.head_dim, d.heads, d.kv_heads);
+        let g = nh / nkv;
+
+        // Attention block.
+        let hn = self.rms_norm(b, x, &w.attn_norm)?;
+        let mut qkv = self.matmul(b, &hn, &w.wqkv)?;
+        if let Some(bias) = &w.bqkv {
+            let bb = b.broadcast_trailing(bias, qkv.dims())?;
+            qkv = b.add(&qkv, &bb)?;
+        }
+        let (qw, kvw) = (d.q_width(), d.kv_width());
+        let q = b.slice(&qkv, &[0, 0], &[t, qw])?;
+        let k = b.slice(&qkv, &[0, qw], &[t, qw + kvw])?;
+        let v = b.slice(&qkv, &[0, qw + kvw], &[t, qw + 2 * kvw])?;
+        let q = b.reshape(&q, &[t, nh, hd])?;
+        let k = b.reshape(&k, &[t, nkv, hd])?;
+        let v = b.reshape(&v, &[t, nkv, hd])?;
+        let q = self.rope(b, &q, cos, sin)?;
+        let k = self.rope(b, &k, cos, sin)?;
+        // Query heads grouped by the KV head they share (HF repeat_kv order):
+        // [T, nkv, g, hd] -> [nkv, g*T, hd], so GQA is one batched matmul
+        // without materialising repeated K/V.
+        let q = b.reshape(&q, &[t, nkv, g, hd])?;
+        let q = b.transpose(&q, &[1, 2, 0, 3])?;
+        let q = b.reshape(&q, &[nkv, g * t, hd])?;
+        let k = b.transpose(&k, &[1, 0, 2])?;
+        let v = b.transpose(&v, &[1, 0, 2])?;
+        let qc = b.convert(&q, self.mat);
+        let kc = b.convert(&k, self.mat);
+        let scores = b.dot_general(
+            &qc,
+            &kc,
+            &DotDims::batched(&[0], &[0], &[2], &[2]),
+            ElemType::F32,
+            self.precision,
+        )?;
+        let scores = b.mul_const(&scores, 1.0 / (hd as f64).sqrt())?;
+        let scores = b.reshape(&scores, &[nkv, g, t, t])?;
+        let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, t], &[2, 3])?;
+        let neg = b.scalar(ElemType::F32, MASKED);
+        let neg = b.broadcast_in_dim(&neg, &[nkv, g, t, t], &[])?;
+        let scores = b.select(&mask4, &scores, &neg)?;
+        let probs = b.softmax_last(&scores)?;
+        let probs = b.reshape(&probs, &[nkv, g * t, t])?;
+        let pc = b.convert(&probs, self.mat);
+        let vc = b.convert(&v, self.mat);
+        let ctxv = b.dot_general(
+            &pc,
+            &vc,
+            &DotDims::batched(&[0], &[0], &[2], &[1]),
+            ElemType::F32,
+            self.precision,
+        )?;
+        let ctxv = b.reshape(&ctxv, &[nkv, g, t, hd])?;
+        let ctxv = b.transpose(&ctxv, &[2, 0, 1, 3])?;
+        let ctxv = b.reshape(&ctxv, &[t, nh * hd])?;
+        let o = self.matmul(b, &ctxv, &w.wo)?;
+        let x = b.add(x, &o)?;
+
+        // SwiGLU block.
+        let hn = self.rms_norm(b, &x, &w.ffn_norm)?;
+        let gu = self.matmul(b, &hn, &w.wgu)?;
+        let gate = b.slice(&gu, &[0, 0], &[t, d.ffn])?;
+        let up = b.slice(&gu, &[0, d.ffn], &[t, 2 * d.ffn])?;
+        let sig = b.logistic(&gate)?;
+        let act = b.mul(&gate, &sig)?;
+        let act = b.mul(&act, &up)?;
+        let down = self.matmul(b, &act, &w.wdown)?;
+        b.add(&x, &down)
+    }
+}
 
 pub(crate) fn build_program(spec: &ProgramSpec) -> Result<String> {
     build(spec).with_context(|| format!("building the prefill program for {spec:?}"))
 }
 
-fn build(spec: &ProgramSpec) -> crate::hlo::Result<String> {
+fn build(spec: &ProgramSpec) -> HloResult<String> {
     let d = &spec.dims;
+    let (t, s, l) = (spec.tokens, spec.scores, spec.labels);
     let ctx = Ctx {
         d,
         mat: matrix_elem(spec.dtype),
@@ -114,34 +224,28 @@ fn build(spec: &ProgramSpec) -> crate::hlo::Result<String> {
             DType::F32 => Precision::Highest,
             DType::BF16 => Precision::Default,
         },
+        tokens: t,
     };
-    let (t, s, l) = (spec.tokens, spec.scores, spec.labels);
-    let (hd, nh, nkv) = (d.head_dim, d.heads, d.kv_heads);
-    let g = nh / nkv;
     let mut b = FuncBuilder::new();
 
-    let mut weights: Vec<(Slot, Value)> = Vec::new();
-    for p in param_specs(d, spec.dtype) {
+    let mut weights: Vec<(Slot, Option<usize>, Value)> = Vec::new();
+    for p in param_specs(d, spec.dtype, spec.layout) {
         let v = b.param(TensorType::new(&p.dims, p.elem));
-        weights.push((p.slot, v));
+        weights.push((p.slot, p.layer, v));
     }
-    let get = |slot: Slot| {
+    let get = |slot: Slot, layer: Option<usize>| {
         weights
             .iter()
-            .find(|(s, _)| *s == slot)
-            .map(|(_, v)| v.clone())
+            .find(|(s, l, _)| *s == slot && *l == layer)
+            .map(|(_, _, v)| v.clone())
     };
-    let missing = |slot: Slot| crate::hlo::HloError::Invalid {
-        op: "prefill",
-        msg: format!("no parameter for {slot:?}"),
-    };
-    let embed = get(Slot::Embed).ok_or_else(|| missing(Slot::Embed))?;
+    let embed = get(Slot::Embed, None).ok_or_else(|| missing(Slot::Embed))?;
     let head = if d.tied {
         embed.clone()
     } else {
-        get(Slot::LmHead).ok_or_else(|| missing(Slot::LmHead))?
+        get(Slot::LmHead, None).ok_or_else(|| missing(Slot::LmHead))?
     };
-    let final_norm = get(Slot::FinalNorm).ok_or_else(|| missing(Slot::FinalNorm))?;
+    let final_norm = get(Slot::FinalNorm, None).ok_or_else(|| missing(Slot::FinalNorm))?;
 
     let tokens = b.param(TensorType::i32(&[t]));
     let positions = b.param(TensorType::i32(&[t]));
@@ -171,6 +275,7 @@ fn build(spec: &ProgramSpec) -> crate::hlo::Result<String> {
     let mask = b.and(&mask, &real)?;
 
     // RoPE tables [T, hd]: angle = position * theta^(-2i/hd), duplicated halves.
+    let hd = d.head_dim;
     let half = hd / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| (1.0 / (d.rope_theta() as f64).powf((2 * i) as f64 / hd as f64)) as f32)
@@ -184,124 +289,60 @@ fn build(spec: &ProgramSpec) -> crate::hlo::Result<String> {
     let cos = b.cos(&angles)?;
     let sin = b.sin(&angles)?;
 
-    // The decoder layers as one while loop over the stacked weights.
-    let layer_weights: Vec<(Slot, Value)> = LAYER_SLOTS
-        .iter()
-        .filter_map(|s| get(*s).map(|v| (*s, v)))
-        .collect();
-    let i0 = b.scalar_i32(0);
-    let mut carried: Vec<&Value> = vec![&i0, &x0, &mask, &cos, &sin];
-    carried.extend(layer_weights.iter().map(|(_, v)| v));
-    let n_layers = d.layers as i32;
-    let slots: Vec<Slot> = layer_weights.iter().map(|(s, _)| *s).collect();
-    let scale = 1.0 / (hd as f64).sqrt();
-
-    let out = b.while_loop(
-        &carried,
-        |b, a| b.lt_const(&a[0], n_layers),
-        |b, a| {
-            let (i, x, mask, cos, sin) = (&a[0], &a[1], &a[2], &a[3], &a[4]);
-            let stacked = &a[5..];
-            let zero = b.scalar_i32(0);
-            // Layer i's slice of a stacked weight, with the layer dim dropped.
-            let layer = |b: &mut FuncBuilder, slot: Slot| -> crate::hlo::Result<Option<Value>> {
-                let Some(k) = slots.iter().position(|s| *s == slot) else {
-                    return Ok(None);
-                };
-                let w = &stacked[k];
-                let mut starts = vec![i];
-                starts.extend(std::iter::repeat_n(&zero, w.rank() - 1));
-                let mut sizes = w.dims().to_vec();
-                sizes[0] = 1;
-                let sl = b.dynamic_slice(w, &starts, &sizes)?;
-                Ok(Some(b.reshape(&sl, &w.dims()[1..])?))
-            };
-            let need = |v: Option<Value>, slot: Slot| v.ok_or_else(|| missing(slot));
-
-            // Attention block.
-            let attn_norm = need(layer(b, Slot::AttnNorm)?, Slot::AttnNorm)?;
-            let hn = ctx.rms_norm(b, x, &attn_norm)?;
-            let wqkv = need(layer(b, Slot::Wqkv)?, Slot::Wqkv)?;
-            let mut qkv = ctx.matmul(b, &hn, &wqkv)?;
-            if let Some(bias) = layer(b, Slot::Bqkv)? {
-                let bb = b.broadcast_trailing(&bias, qkv.dims())?;
-                qkv = b.add(&qkv, &bb)?;
+    let hidden = match spec.layout {
+        LayerLayout::PerLayer => {
+            let mut x = x0;
+            for i in 0..d.layers as usize {
+                let w = LayerParams::from_slots(|slot| Ok(get(slot, Some(i))))?;
+                x = ctx.layer(&mut b, &x, &mask, &cos, &sin, &w)?;
             }
-            let (qw, kvw) = (d.q_width(), d.kv_width());
-            let q = b.slice(&qkv, &[0, 0], &[t, qw])?;
-            let k = b.slice(&qkv, &[0, qw], &[t, qw + kvw])?;
-            let v = b.slice(&qkv, &[0, qw + kvw], &[t, qw + 2 * kvw])?;
-            let q = b.reshape(&q, &[t, nh, hd])?;
-            let k = b.reshape(&k, &[t, nkv, hd])?;
-            let v = b.reshape(&v, &[t, nkv, hd])?;
-            let q = ctx.rope(b, &q, cos, sin)?;
-            let k = ctx.rope(b, &k, cos, sin)?;
-            // Query heads grouped by the KV head they share (HF repeat_kv order):
-            // [T, nkv, g, hd] -> [nkv, g*T, hd], so GQA is one batched matmul
-            // without materialising repeated K/V.
-            let q = b.reshape(&q, &[t, nkv, g, hd])?;
-            let q = b.transpose(&q, &[1, 2, 0, 3])?;
-            let q = b.reshape(&q, &[nkv, g * t, hd])?;
-            let k = b.transpose(&k, &[1, 0, 2])?;
-            let v = b.transpose(&v, &[1, 0, 2])?;
-            let qc = b.convert(&q, ctx.mat);
-            let kc = b.convert(&k, ctx.mat);
-            let scores = b.dot_general(
-                &qc,
-                &kc,
-                &DotDims::batched(&[0], &[0], &[2], &[2]),
-                ElemType::F32,
-                ctx.precision,
+            x
+        }
+        LayerLayout::Stacked => {
+            // One while loop over the stacked weights; layer i's slice of each
+            // is taken with dynamic_slice.
+            let stacked: Vec<(Slot, Value)> = layer_slots(d)
+                .into_iter()
+                .filter_map(|(s, _)| get(s, None).map(|v| (s, v)))
+                .collect();
+            let i0 = b.scalar_i32(0);
+            let mut carried: Vec<&Value> = vec![&i0, &x0, &mask, &cos, &sin];
+            carried.extend(stacked.iter().map(|(_, v)| v));
+            let n_layers = d.layers as i32;
+            let slots: Vec<Slot> = stacked.iter().map(|(s, _)| *s).collect();
+            let out = b.while_loop(
+                &carried,
+                |b, a| b.lt_const(&a[0], n_layers),
+                |b, a| {
+                    let (i, x, mask, cos, sin) = (&a[0], &a[1], &a[2], &a[3], &a[4]);
+                    let stacked = &a[5..];
+                    let zero = b.scalar_i32(0);
+                    let w = LayerParams::from_slots(|slot| {
+                        let Some(k) = slots.iter().position(|s| *s == slot) else {
+                            return Ok(None);
+                        };
+                        let w = &stacked[k];
+                        let mut starts = vec![i];
+                        starts.extend(std::iter::repeat_n(&zero, w.rank() - 1));
+                        let mut sizes = w.dims().to_vec();
+                        sizes[0] = 1;
+                        let sl = b.dynamic_slice(w, &starts, &sizes)?;
+                        Ok(Some(b.reshape(&sl, &w.dims()[1..])?))
+                    })?;
+                    let x = ctx.layer(b, x, mask, cos, sin, &w)?;
+                    let one = b.scalar_i32(1);
+                    let next = b.add(i, &one)?;
+                    let mut results = vec![next, x, mask.clone(), cos.clone(), sin.clone()];
+                    results.extend(stacked.iter().cloned());
+                    Ok(results)
+                },
             )?;
-            let scores = b.mul_const(&scores, scale)?;
-            let scores = b.reshape(&scores, &[nkv, g, t, t])?;
-            let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, t], &[2, 3])?;
-            let neg = b.scalar(ElemType::F32, MASKED);
-            let neg = b.broadcast_in_dim(&neg, &[nkv, g, t, t], &[])?;
-            let scores = b.select(&mask4, &scores, &neg)?;
-            let probs = b.softmax_last(&scores)?;
-            let probs = b.reshape(&probs, &[nkv, g * t, t])?;
-            let pc = b.convert(&probs, ctx.mat);
-            let vc = b.convert(&v, ctx.mat);
-            let ctxv = b.dot_general(
-                &pc,
-                &vc,
-                &DotDims::batched(&[0], &[0], &[2], &[1]),
-                ElemType::F32,
-                ctx.precision,
-            )?;
-            let ctxv = b.reshape(&ctxv, &[nkv, g, t, hd])?;
-            let ctxv = b.transpose(&ctxv, &[2, 0, 1, 3])?;
-            let ctxv = b.reshape(&ctxv, &[t, nh * hd])?;
-            let wo = need(layer(b, Slot::Wo)?, Slot::Wo)?;
-            let o = ctx.matmul(b, &ctxv, &wo)?;
-            let x = b.add(x, &o)?;
-
-            // SwiGLU block.
-            let ffn_norm = need(layer(b, Slot::FfnNorm)?, Slot::FfnNorm)?;
-            let hn = ctx.rms_norm(b, &x, &ffn_norm)?;
-            let wgu = need(layer(b, Slot::Wgu)?, Slot::Wgu)?;
-            let gu = ctx.matmul(b, &hn, &wgu)?;
-            let gate = b.slice(&gu, &[0, 0], &[t, d.ffn])?;
-            let up = b.slice(&gu, &[0, d.ffn], &[t, 2 * d.ffn])?;
-            let sig = b.logistic(&gate)?;
-            let act = b.mul(&gate, &sig)?;
-            let act = b.mul(&act, &up)?;
-            let wdown = need(layer(b, Slot::Wdown)?, Slot::Wdown)?;
-            let down = ctx.matmul(b, &act, &wdown)?;
-            let x = b.add(&x, &down)?;
-
-            let one = b.scalar_i32(1);
-            let next = b.add(i, &one)?;
-            let mut results = vec![next, x, mask.clone(), cos.clone(), sin.clone()];
-            results.extend(stacked.iter().cloned());
-            Ok(results)
-        },
-    )?;
-    let hidden = &out[1];
+            out[1].clone()
+        }
+    };
 
     // Head, only at the scored positions.
-    let hs = b.take_rows(hidden, &score_index)?;
+    let hs = b.take_rows(&hidden, &score_index)?;
     let hs = ctx.rms_norm(&mut b, &hs, &final_norm)?;
     let hsc = b.convert(&hs, ctx.mat);
     // Label rows of the head: [S, L, H], one batched dot per scored position.
