@@ -77,6 +77,30 @@ pub struct ServiceConfig {
     pub webhook_attempts: u32,
     pub webhook_backoff: Duration,
     pub worker: WorkerConfig,
+    pub batches: BatchConfig,
+}
+
+/// Limits of `POST /v1/batches`.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Bytes of one uploaded JSONL file (default 1 GiB; it is streamed, never held whole).
+    pub max_upload_bytes: usize,
+    /// Batch lines are published only while the model's queue holds fewer messages than this
+    /// (default 5,000, half the default queue bound), so a large upload waits for the workers
+    /// instead of filling the queue and turning sync and async callers away with 429.
+    pub queue_high_water: u64,
+    /// Longest `completion_window` accepted (default 7 days).
+    pub max_completion_window: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_upload_bytes: 1 << 30,
+            queue_high_water: 5_000,
+            max_completion_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -98,6 +122,7 @@ impl Default for ServiceConfig {
             webhook_attempts: 5,
             webhook_backoff: Duration::from_millis(500),
             worker,
+            batches: BatchConfig::default(),
         }
     }
 }

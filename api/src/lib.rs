@@ -13,7 +13,7 @@ pub mod routes;
 mod state;
 mod submit;
 
-pub use config::{Limits, ServiceConfig, StoreUrls};
+pub use config::{BatchConfig, Limits, ServiceConfig, StoreUrls};
 pub use error::{ApiError, ErrorBody};
 pub use roles::{connect_stores, migrate, run_api, run_worker, serve, serve_app, shutdown_signal};
 pub use state::{AppState, Stores};
@@ -27,7 +27,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "scorer",
-        description = "Score (query, item) pairs with a causal LM: SGLang's /v1/score, plus async jobs."
+        description = "Score (query, item) pairs with a causal LM: SGLang's /v1/score, plus async jobs and batches."
     ),
     paths(
         routes::score::score,
@@ -38,12 +38,20 @@ use utoipa::OpenApi;
         routes::meta::health,
         routes::meta::ready,
         routes::meta::metrics,
+        routes::batches::create,
+        routes::batches::list,
+        routes::batches::get,
+        routes::batches::cancel,
+        routes::batches::output,
+        routes::batches::errors,
     ),
     components(schemas(
         scorer_protocol::ScoreRequest,
         scorer_protocol::ScoreResponse,
         scorer_protocol::job::JobObject,
         routes::jobs::JobRequest,
+        routes::batches::BatchObject,
+        routes::batches::BatchList,
         ErrorBody,
     ))
 )]
@@ -59,6 +67,17 @@ pub async fn build_app(state: AppState) -> Router {
         .route("/v1/score/jobs", post(routes::jobs::submit))
         .route("/v1/score/jobs/{id}", get(routes::jobs::get))
         .route("/v1/score/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route(
+            "/v1/batches",
+            post(routes::batches::create)
+                // The upload is streamed line by line; this only caps its size.
+                .layer(DefaultBodyLimit::max(state.config.batches.max_upload_bytes))
+                .get(routes::batches::list),
+        )
+        .route("/v1/batches/{id}", get(routes::batches::get))
+        .route("/v1/batches/{id}/cancel", post(routes::batches::cancel))
+        .route("/v1/batches/{id}/output", get(routes::batches::output))
+        .route("/v1/batches/{id}/errors", get(routes::batches::errors))
         .route("/v1/models", get(routes::meta::models))
         .route("/health", get(routes::meta::health))
         .route("/ready", get(routes::meta::ready))

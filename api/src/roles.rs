@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use scorer_jobs::webhook::WebhookSender;
 use scorer_jobs::{
-    AmqpQueue, AmqpTopology, AuditStore, MemoryAuditStore, MemoryQueue, MemoryResultStore,
-    PostgresAuditStore, RedisResultStore,
+    AmqpQueue, AmqpTopology, AuditStore, BatchStore, MemoryAuditStore, MemoryBatchStore,
+    MemoryQueue, MemoryResultStore, PostgresAuditStore, PostgresBatchStore, RedisResultStore,
 };
 use scorer_protocol::ScoreBackend;
 use scorer_worker::Worker;
@@ -41,20 +41,26 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
         ),
         None => Arc::new(MemoryResultStore::new(config.result_ttl)),
     };
-    let audit: Arc<dyn AuditStore> = match &urls.database_url {
+    let (audit, batches): (Arc<dyn AuditStore>, Arc<dyn BatchStore>) = match &urls.database_url {
         Some(url) => {
             let store = PostgresAuditStore::connect(url)
                 .await
                 .context("connecting to Postgres")?;
             store.migrate().await.context("applying migrations")?;
-            Arc::new(store)
+            let batches = PostgresBatchStore::new(store.pool().clone());
+            (Arc::new(store), Arc::new(batches))
         }
-        None => Arc::new(MemoryAuditStore::new()),
+        None => {
+            let audit: Arc<dyn AuditStore> = Arc::new(MemoryAuditStore::new());
+            let batches = MemoryBatchStore::new(audit.clone());
+            (audit, Arc::new(batches))
+        }
     };
     Ok(Stores {
         queue,
         results,
         audit,
+        batches,
     })
 }
 

@@ -3,17 +3,19 @@
 use std::sync::Arc;
 
 use scorer_jobs::webhook::WebhookSender;
-use scorer_jobs::{AuditStore, JobQueue, ResultStore};
+use scorer_jobs::{AuditStore, BatchStore, JobQueue, ResultStore};
 use scorer_protocol::ScoreBackend;
 
 use crate::ServiceConfig;
 
-/// The queue and the two stores, real or in-process.
+/// The queue and the stores, real or in-process.
 #[derive(Clone)]
 pub struct Stores {
     pub queue: Arc<dyn JobQueue>,
     pub results: Arc<dyn ResultStore>,
     pub audit: Arc<dyn AuditStore>,
+    /// Batches; their lines are jobs in `audit`.
+    pub batches: Arc<dyn BatchStore>,
 }
 
 #[derive(Clone)]

@@ -24,25 +24,62 @@ fn jsonl(lines: &[Value]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
-struct Caller<'a> {
-    h: &'a Harness,
+/// Calls the API as one caller (optionally with an API key).
+struct Caller {
+    base: String,
+    http: reqwest::Client,
     key: Option<String>,
 }
 
-impl<'a> Caller<'a> {
-    fn new(h: &'a Harness) -> Self {
-        Caller { h, key: None }
+impl Caller {
+    fn new(h: &Harness) -> Self {
+        Caller {
+            base: h.base.clone(),
+            http: h.http.clone(),
+            key: None,
+        }
+    }
+
+    fn with_key(h: &Harness, key: String) -> Self {
+        Caller {
+            key: Some(key),
+            ..Caller::new(h)
+        }
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self
-            .h
-            .http
-            .request(method, format!("{}{path}", self.h.base));
+        let r = self.http.request(method, format!("{}{path}", self.base));
         match &self.key {
             Some(k) => r.bearer_auth(k),
             None => r,
         }
+    }
+
+    /// A `multipart/form-data` upload of `fields` (name, value, file name).
+    fn multipart(&self, fields: &[(&str, &str, Option<&str>)]) -> reqwest::RequestBuilder {
+        let boundary = format!("batch-{}", uuid::Uuid::new_v4().simple());
+        let mut body = String::new();
+        for (name, value, file) in fields {
+            body.push_str(&format!("--{boundary}\r\n"));
+            match file {
+                Some(f) => body.push_str(&format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                     Content-Type: application/jsonl\r\n\r\n"
+                )),
+                None => body.push_str(&format!(
+                    "Content-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                )),
+            }
+            body.push_str(value);
+            body.push_str("\r\n");
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        self.req(reqwest::Method::POST, "/v1/batches")
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
     }
 
     async fn json(&self, r: reqwest::RequestBuilder) -> (StatusCode, Value) {
@@ -233,15 +270,12 @@ async fn openai_form_multipart() {
         json!({"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": body(" pear")}),
         json!({"custom_id": "c", "method": "GET", "url": "/v1/score", "body": body(" pear")}),
     ]);
-    let form = reqwest::multipart::Form::new()
-        .text("completion_window", "2h")
-        .text("metadata", r#"{"job":"nightly"}"#)
-        .part(
-            "file",
-            reqwest::multipart::Part::text(file).file_name("input.jsonl"),
-        );
     let (status, batch) = c
-        .json(c.req(reqwest::Method::POST, "/v1/batches").multipart(form))
+        .json(c.multipart(&[
+            ("completion_window", "2h", None),
+            ("metadata", r#"{"job":"nightly"}"#, None),
+            ("file", &file, Some("input.jsonl")),
+        ]))
         .await;
     assert_eq!(status, StatusCode::OK, "{batch}");
     assert_eq!(batch["completion_window"], "2h");
@@ -276,9 +310,8 @@ async fn openai_form_multipart() {
     );
 
     // A form without a file part, and a bad window, are refused outright.
-    let form = reqwest::multipart::Form::new().text("completion_window", "24h");
     let (status, err) = c
-        .json(c.req(reqwest::Method::POST, "/v1/batches").multipart(form))
+        .json(c.multipart(&[("completion_window", "24h", None)]))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     let (status, err) = c
@@ -351,7 +384,11 @@ async fn bad_lines(backing: Backing) {
     );
     let message = |i: usize| errs[i]["error"]["message"].as_str().expect("message");
     assert!(errs.iter().all(|e| e["error"]["code"] == "invalid_request"));
-    assert_eq!(message(2), "Token ID 999999 is out of vocabulary");
+    assert!(
+        message(2).starts_with("Token ID 999999 is out of vocabulary"),
+        "{}",
+        message(2)
+    );
     assert!(message(3).contains("gpt-4"), "{}", message(3));
     assert!(message(4).contains("duplicate custom_id"), "{}", message(4));
     assert!(message(5).contains("no `body`"), "{}", message(5));
@@ -490,10 +527,7 @@ async fn pagination() {
             .insert(k2, format!("other-{}", uuid::Uuid::new_v4().simple()));
     })
     .await;
-    let c = Caller {
-        h: &h,
-        key: Some(key),
-    };
+    let c = Caller::with_key(&h, key);
     let mut ids = Vec::new();
     for i in 0..5 {
         // All-bad files: cheap, and they need no worker.
@@ -533,10 +567,7 @@ async fn pagination() {
     }
     assert_eq!(seen, ids);
 
-    let other = Caller {
-        h: &h,
-        key: Some(other_key),
-    };
+    let other = Caller::with_key(&h, other_key);
     let (_, page) = other.get("/v1/batches").await;
     assert_eq!(page["data"], json!([]));
     assert_eq!(page["has_more"], false);

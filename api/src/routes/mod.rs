@@ -1,3 +1,4 @@
+pub mod batches;
 pub mod jobs;
 pub mod meta;
 pub mod score;

@@ -80,7 +80,7 @@ impl BatchStore for MemoryBatchStore {
             .filter(|b| b.tenant == tenant && after.is_none_or(|a| b.id < a))
             .cloned()
             .collect();
-        found.sort_by(|a, b| b.id.cmp(&a.id));
+        found.sort_by_key(|b| std::cmp::Reverse(b.id));
         found.truncate(limit);
         Ok(found)
     }
