@@ -487,6 +487,25 @@ async fn graceful_shutdown_drains(backing: Backing) {
     h.finish().await;
 }
 
+async fn ttl_expires_a_job_not_started_in_time(backing: Backing) {
+    let mut h = Harness::start(backing, |_| {}).await;
+    let mut body = score_body();
+    body["ttl_seconds"] = json!(1);
+    let (status, _, job) = h.post("/v1/score/jobs", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert!(job["expires_at"].is_string(), "{job}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    h.start_worker();
+    let done = h.wait_terminal(job["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "expired", "{done}");
+    assert!(done.get("result").is_none(), "{done}");
+    let mut bad = score_body();
+    bad["ttl_seconds"] = json!(0);
+    let (status, _, err) = h.post("/v1/score/jobs", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    h.finish().await;
+}
+
 async fn api_keys_and_tenants(backing: Backing) {
     let h = Harness::start(backing, |c| {
         c.api_keys.insert("key-a".into(), "tenant-a".into());
@@ -570,4 +589,5 @@ on_both!(
     meta_endpoints,
     graceful_shutdown_drains,
     api_keys_and_tenants,
+    ttl_expires_a_job_not_started_in_time,
 );

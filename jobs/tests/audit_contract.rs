@@ -203,3 +203,37 @@ contract!(
     finish_upserts_missing_row,
     cancel_only_before_start,
 );
+
+/// The in-process store forgets the oldest finished jobs past its capacity, and only those.
+#[tokio::test]
+async fn memory_store_is_bounded() {
+    let s = MemoryAuditStore::with_capacity(2);
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let mut r = record();
+        r.idempotency_key = Some(unique("key"));
+        s.insert(&r).await.expect("insert");
+        s.finish(&outcome(r.clone(), JobStatus::Succeeded))
+            .await
+            .expect("finish");
+        finished.push(r);
+    }
+    let waiting = record();
+    s.insert(&waiting).await.expect("insert");
+    assert_eq!(
+        s.get(finished[0].id).await.expect("get"),
+        None,
+        "oldest evicted"
+    );
+    assert!(s.get(finished[1].id).await.expect("get").is_some());
+    assert!(s.get(finished[2].id).await.expect("get").is_some());
+    assert!(
+        s.get(waiting.id).await.expect("get").is_some(),
+        "unfinished jobs stay"
+    );
+    // Its idempotency key is free again.
+    let mut reuse = record();
+    reuse.tenant = finished[0].tenant.clone();
+    reuse.idempotency_key = finished[0].idempotency_key.clone();
+    assert_eq!(s.insert(&reuse).await.expect("insert"), Inserted::Created);
+}

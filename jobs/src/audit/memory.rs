@@ -1,6 +1,6 @@
 //! In-process audit store for the embedded mode (not durable across restarts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -11,20 +11,54 @@ use uuid::Uuid;
 use super::{AuditStore, CancelOutcome, Finished, Inserted, StartOutcome, millis_between};
 use crate::StoreError;
 
-#[derive(Default)]
+/// Keeps every job until it is terminal, then the most recent `capacity` terminal jobs: a
+/// long-running embedded server must not grow without bound.
 pub struct MemoryAuditStore {
     state: Mutex<State>,
+    capacity: usize,
 }
 
 #[derive(Default)]
 struct State {
     jobs: HashMap<Uuid, JobRecord>,
     by_key: HashMap<(String, String), Uuid>,
+    /// Terminal jobs, oldest first (evicted from the front).
+    finished: VecDeque<Uuid>,
+}
+
+impl State {
+    fn retire(&mut self, id: Uuid, capacity: usize) {
+        self.finished.push_back(id);
+        while self.finished.len() > capacity {
+            let Some(old) = self.finished.pop_front() else {
+                break;
+            };
+            if let Some(job) = self.jobs.remove(&old)
+                && let Some(key) = job.idempotency_key
+            {
+                self.by_key.remove(&(job.tenant, key));
+            }
+        }
+    }
+}
+
+impl Default for MemoryAuditStore {
+    fn default() -> Self {
+        Self::with_capacity(100_000)
+    }
 }
 
 impl MemoryAuditStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps at most `capacity` terminal jobs.
+    pub fn with_capacity(capacity: usize) -> Self {
+        MemoryAuditStore {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -51,6 +85,9 @@ impl AuditStore for MemoryAuditStore {
             state.by_key.insert(k, record.id);
         }
         state.jobs.insert(record.id, record.clone());
+        if record.status.is_terminal() {
+            state.retire(record.id, self.capacity);
+        }
         Ok(Inserted::Created)
     }
 
@@ -94,10 +131,11 @@ impl AuditStore for MemoryAuditStore {
             stored.started_at = started_at;
             stored.queue_ms = queue_ms;
         }
-        Ok(Finished {
-            record: stored.clone(),
-            applied,
-        })
+        let record = stored.clone();
+        if applied {
+            state.retire(record.id, self.capacity);
+        }
+        Ok(Finished { record, applied })
     }
 
     async fn cancel(&self, id: Uuid, at: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
@@ -110,7 +148,9 @@ impl AuditStore for MemoryAuditStore {
         }
         job.status = JobStatus::Cancelled;
         job.finished_at = Some(at);
-        Ok(CancelOutcome::Cancelled(job.clone()))
+        let cancelled = job.clone();
+        state.retire(id, self.capacity);
+        Ok(CancelOutcome::Cancelled(cancelled))
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
