@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Backing, Harness, MODEL, assert_same_scores, database_url, direct};
 use reqwest::StatusCode;
 use scorer_jobs::PostgresAuditStore;
-use scorer_protocol::job::{JobKind, JobPriority, JobRecord};
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -28,21 +28,32 @@ fn long_body() -> Value {
     })
 }
 
+/// Submits `body` and kills the worker while the job runs. A job that finished before the kill
+/// landed proves nothing, so that case starts over with a new job and worker (a few times).
+async fn kill_mid_job(h: &mut Harness, body: &Value) -> String {
+    for _ in 0..5 {
+        let worker = h.start_worker();
+        let (status, _, job) = h.post("/v1/score/jobs", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        let id = job["id"].as_str().expect("id").to_string();
+        h.wait_job(&id, Duration::from_secs(60), |j| j["status"] != "queued")
+            .await;
+        h.kill_worker(worker).await;
+        // Let any write already on the wire land before judging.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let uuid = uuid::Uuid::parse_str(&id).expect("uuid");
+        let row = h.stores.audit.get(uuid).await.expect("audit").expect("row");
+        if row.status == JobStatus::Running {
+            return id;
+        }
+    }
+    panic!("the job always finished before its worker could be killed");
+}
+
 async fn worker_killed_mid_job(backing: Backing) {
     let mut h = Harness::start(backing, |_| {}).await;
-    let first = h.start_worker();
     let body = long_body();
-    let (status, _, job) = h.post("/v1/score/jobs", &body).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().expect("id").to_string();
-    let running = h
-        .wait_job(&id, Duration::from_secs(60), |j| j["status"] != "queued")
-        .await;
-    assert_eq!(
-        running["status"], "running",
-        "killed while running: {running}"
-    );
-    h.kill_worker(first).await;
+    let id = kill_mid_job(&mut h, &body).await;
 
     let second = h.start_worker();
     let done = h.wait_terminal(&id).await;
@@ -74,18 +85,7 @@ async fn worker_killed_mid_job(backing: Backing) {
 /// A job that keeps losing its worker runs out of attempts: failed, and its message dead-lettered.
 async fn over_attempt_is_dead_lettered(backing: Backing) {
     let mut h = Harness::start(backing, |c| c.worker.max_attempts = 1).await;
-    let first = h.start_worker();
-    let (status, _, job) = h.post("/v1/score/jobs", &long_body()).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().expect("id").to_string();
-    let running = h
-        .wait_job(&id, Duration::from_secs(60), |j| j["status"] != "queued")
-        .await;
-    assert_eq!(
-        running["status"], "running",
-        "killed while running: {running}"
-    );
-    h.kill_worker(first).await;
+    let id = kill_mid_job(&mut h, &long_body()).await;
     h.start_worker();
     let failed = h.wait_terminal(&id).await;
     assert_eq!(failed["status"], "failed", "{failed}");
