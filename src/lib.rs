@@ -1,5 +1,6 @@
-//! The `scorer` binary's library half: artifact fetching and model resolution, shared by the CLI
-//! and the end-to-end tests.
+//! The `scorer` binary's library half: artifact fetching, model resolution and the bulk client,
+//! shared by the CLI and the end-to-end tests.
 
+pub mod bulk;
 pub mod fetch;
 pub mod home;

@@ -65,6 +65,9 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Score a JSONL file through a running service's batches API: progress bar, resumable
+    /// (custom_ids already in the output or error file are skipped).
+    Bulk(scorer::bulk::BulkArgs),
     /// Score one request on the engine directly and print the response JSON.
     Score {
         #[command(flatten)]
@@ -239,6 +242,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Bulk(args) => scorer::bulk::main(args),
         Command::Serve { engine, service } => run_role(&engine, &service, Role::Serve),
         Command::Api { engine, service } => run_role(&engine, &service, Role::Api),
         Command::Worker { engine, service } => run_role(&engine, &service, Role::Worker),
