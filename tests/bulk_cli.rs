@@ -11,8 +11,28 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Backing, Harness, assert_same_scores, direct};
+use common::{Backing, Harness, direct};
 use serde_json::{Value, json};
+
+/// Same shape, model and usage as the engine called directly, scores within 1e-4: the engine
+/// packs a line with whatever else is queued, and another batch composition moves f32 sums by
+/// a few 1e-6.
+fn assert_scores(got: &Value, want: &Value) {
+    assert_eq!(got["model"], want["model"], "{got} vs {want}");
+    assert_eq!(got["usage"], want["usage"], "{got} vs {want}");
+    assert_eq!(got["object"], want["object"], "{got} vs {want}");
+    let rows = |v: &Value| -> Vec<Vec<f64>> {
+        serde_json::from_value(v["scores"].clone()).expect("scores")
+    };
+    let (g, w) = (rows(got), rows(want));
+    assert_eq!(g.len(), w.len(), "{got} vs {want}");
+    for (gr, wr) in g.iter().zip(&w) {
+        assert_eq!(gr.len(), wr.len(), "{got} vs {want}");
+        for (a, b) in gr.iter().zip(wr) {
+            assert!((a - b).abs() <= 1e-4, "{got} vs {want}");
+        }
+    }
+}
 
 fn body(item: &str) -> Value {
     json!({
@@ -172,7 +192,7 @@ async fn crash_then_resume_scores_only_the_rest() {
     assert_eq!(seen.len(), n, "every custom_id exactly once");
     for i in [0, 1, n - 1] {
         let line = &seen[&format!("row-{i:03}")];
-        assert_same_scores(
+        assert_scores(
             &line["response"]["body"],
             &direct(&h.engine, &body(ITEMS[i % ITEMS.len()])).await,
         );
