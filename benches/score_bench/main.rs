@@ -82,6 +82,7 @@ fn main() -> Result<()> {
     // The engine logs its load phases (weights read, weights on the device) at info.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("scorer_engine=info")),
