@@ -27,8 +27,8 @@ use program::{ProgramSpec, build_program};
 
 pub use store::{DirStore, ExecutableStore};
 
-/// Element type of weights and matmul operands. Norms, softmax, the residual
-/// stream and matmul accumulation are f32 in both.
+/// Element type of the weights on the device. `BF16` halves weight memory; the weights are
+/// widened on the device, so activations, matmuls, norms and softmax are f32 in both.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
