@@ -646,3 +646,92 @@ async fn worker_killed_mid_batch() {
     assert!(rows.iter().all(|(_, p, s)| p == "bulk" && s == "succeeded"));
     h.finish().await;
 }
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("rss field")
+}
+
+/// Measurement, not a routine test (`cargo test -p scorer-api --test batches -- --ignored
+/// upload_100k`): a 100,000-line upload is streamed into Postgres and RabbitMQ without the API
+/// process growing with the file. No worker runs; the batch is cancelled afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn upload_100k_lines_memory() {
+    let h = Harness::start(Backing::Real, |cfg| {
+        // Measure the upload path alone: nothing drains the queue here.
+        cfg.batches.queue_high_water = u64::MAX;
+        cfg.max_queue_depth = u64::MAX;
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("batch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("in.jsonl");
+    let n = 100_000;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("file"));
+        for i in 0..n {
+            writeln!(
+                f,
+                "{}",
+                json!({"custom_id": format!("r{i}"), "body": body(" apple")})
+            )
+            .expect("write");
+        }
+    }
+    let c = Caller::new(&h);
+    // Warm up the paths (tokenizer, pools), then take the baseline.
+    let (status, _) = c
+        .upload(jsonl(&[json!({"custom_id": "w", "body": body(" apple")})]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let base = rss_kib("VmRSS:");
+    let started = std::time::Instant::now();
+    let url = format!("{}/v1/batches", h.base);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-H",
+                "content-type: application/jsonl",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", path.display()))
+            .arg(url)
+            .output()
+            .expect("curl")
+    })
+    .await
+    .expect("join");
+    let secs = started.elapsed().as_secs_f64();
+    let batch: Value = serde_json::from_slice(&out.stdout).expect("batch");
+    let peak = rss_kib("VmHWM:");
+    let after = rss_kib("VmRSS:");
+    eprintln!(
+        "100k-line upload: {secs:.1} s ({:.0} lines/s); RSS before {} MiB, after {} MiB, \
+         process peak {} MiB; counts {}",
+        n as f64 / secs,
+        base / 1024,
+        after / 1024,
+        peak / 1024,
+        batch["request_counts"]
+    );
+    assert_eq!(batch["request_counts"]["total"], n, "{batch}");
+    let id = batch["id"].as_str().expect("id");
+    let rows = audit_rows(id).await;
+    assert_eq!(rows.len(), n, "one audit row per line");
+    assert!(
+        after.saturating_sub(base) < 256 * 1024,
+        "RSS grew by {} MiB",
+        (after - base) / 1024
+    );
+    c.json(c.req(reqwest::Method::POST, &format!("/v1/batches/{id}/cancel")))
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    h.finish().await;
+}
