@@ -305,7 +305,9 @@ pub fn assert_same_scores(got: &Value, want: &Value) {
     for (gr, wr) in g.iter().zip(&w) {
         assert_eq!(gr.len(), wr.len(), "{got} vs {want}");
         for (a, b) in gr.iter().zip(wr) {
-            assert!((a - b).abs() <= 1e-6, "{got} vs {want}");
+            // The worker may batch this job with others: the packed pass changes f32 summation
+            // order (~2e-6 seen). 1e-4 is the project's packed-vs-per-item bar.
+            assert!((a - b).abs() <= 1e-4, "{got} vs {want}");
         }
     }
 }
