@@ -99,7 +99,8 @@ struct EngineArgs {
     /// The PJRT plugin shared library (default: the fetched CPU plugin).
     #[arg(long, env = "SCORER_PJRT_PLUGIN")]
     pjrt_plugin: Option<PathBuf>,
-    /// Compute precision: f32 (CPU default) or bf16 (the usual choice on TPU and GPU).
+    /// Weight precision on the device: f32 (default) or bf16 (half the weight memory; compute
+    /// stays f32).
     #[arg(long, env = "SCORER_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
     /// Which of the plugin's devices holds the weights.
