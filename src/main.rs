@@ -106,6 +106,14 @@ struct EngineArgs {
     /// Which of the plugin's devices holds the weights.
     #[arg(long, env = "SCORER_DEVICE", default_value_t = 0)]
     device: usize,
+    /// Device memory (MiB) for keys/values of hot prefixes kept between batches (0: none kept).
+    #[arg(long, env = "SCORER_PREFIX_CACHE_MB",
+        default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_CACHE_BYTES >> 20)]
+    prefix_cache_mb: u64,
+    /// Shortest shared token prefix worth coalescing jobs on or caching (0: off).
+    #[arg(long, env = "SCORER_PREFIX_MIN_TOKENS",
+        default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_MIN_TOKENS)]
+    prefix_min_tokens: usize,
 }
 
 /// Where the service listens and which external services it uses.
@@ -209,6 +217,8 @@ impl EngineArgs {
         }
         cfg.dtype = self.dtype;
         cfg.device = self.device;
+        cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
+        cfg.prefix_min_tokens = self.prefix_min_tokens;
         cfg.compile_cache = Some(scorer_engine::home::executable_cache());
         Ok(cfg)
     }

@@ -159,13 +159,12 @@ fn test_score_memory_efficiency() {
     );
 }
 
-/// Plan 4.3 (radix cache). A prefix cache across requests is issue 6 and is not built yet; this
-/// tests what exists: within a request the shared prefix (the query) is computed once for all
-/// items — the `tokens_real` counter equals prefix + each item's own tokens, not the sum of the
-/// prompts — and the scores equal those of each prompt computed whole. Repeating the request
-/// recomputes the prefix today (printed, not asserted, so issue 6 can change it).
+/// Within one request the query is computed once (plan 4.3's cross-request cache is
+/// `tests/prefix_cache.rs::test_score_with_prefix_caching`). This query is short of the cache's
+/// 32-token minimum, so it runs on the plain packed path: `tokens_real` is the prefix once plus
+/// each item's own tokens, and every row equals the item scored alone.
 #[test]
-fn test_score_with_prefix_caching() {
+fn query_computed_once_within_a_request() {
     let _serial = serial();
     let engine = &*QWEN_F32;
     let query =
@@ -208,7 +207,7 @@ fn test_score_with_prefix_caching() {
     let again = engine.stats().expect("stats");
     eprintln!(
         "[prefix] 4 items: {} prompt tokens, {computed} computed; the same request again \
-         computed {} (no cross-request cache yet: issue 6)",
+         computed {} (below the cache's 32-token minimum: computed again)",
         resp.usage.prompt_tokens,
         again.tokens_real - again_before.tokens_real
     );
@@ -216,9 +215,9 @@ fn test_score_with_prefix_caching() {
 
 /// Plan 4.3 (parallel sampling): the same prompt scored n times in one request — the prefix is
 /// the whole prompt, computed once and read n times: `tokens_real` is one prompt's length, one
-/// pass, and all n rows are identical. As above, across requests this awaits issue 6.
+/// pass, and all n rows are identical (across requests: `tests/prefix_cache.rs`).
 #[test]
-fn test_score_parallel_sampling_caching() {
+fn parallel_samples_computed_once_within_a_request() {
     let _serial = serial();
     let engine = &*QWEN_F32;
     let n = 8;

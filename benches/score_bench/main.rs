@@ -216,6 +216,10 @@ fn engine_config(args: &Args, cache: Option<&Path>) -> EngineConfig {
     cfg.packing = args.packing.into();
     cfg.max_batch_tokens = args.max_batch_tokens;
     cfg.compile_cache = cache.map(Path::to_path_buf);
+    // Each scenario repeats one request: a prefix cache would turn every timed iteration into
+    // a cache hit, which is not what the Hugging Face baseline computes (prefix_bench measures
+    // the cache).
+    cfg.prefix_cache_bytes = 0;
     cfg
 }
 

@@ -92,7 +92,7 @@ impl Pass {
 }
 
 /// The longest prefix shared by every prompt.
-fn common_prefix_len(prompts: &[Vec<u32>]) -> usize {
+pub(crate) fn common_prefix_len(prompts: &[Vec<u32>]) -> usize {
     let Some(first) = prompts.first() else {
         return 0;
     };
@@ -117,6 +117,17 @@ struct Chunk {
 /// (callers enforce `max_tokens` as the per-prompt limit); a job whose items do not fit together
 /// is split into chunks that each repeat the shared prefix.
 pub fn plan(jobs: &[&ScoreJob], packing: Packing, max_tokens: usize) -> Vec<Pass> {
+    plan_at(jobs, packing, max_tokens, 0)
+}
+
+/// [`plan`] for prompts that continue a prefix of `first_position` tokens computed elsewhere (a
+/// cached prefix): positions start there.
+pub fn plan_at(
+    jobs: &[&ScoreJob],
+    packing: Packing,
+    max_tokens: usize,
+    first_position: usize,
+) -> Vec<Pass> {
     let mut chunks = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         let prefix = match packing {
@@ -159,7 +170,7 @@ pub fn plan(jobs: &[&ScoreJob], packing: Packing, max_tokens: usize) -> Vec<Pass
         let (prefix_seg, prefix_end) = if chunk.prefix > 0 {
             let start = pass.len();
             (
-                pass.push_segment(prefix_tokens, 0, -1),
+                pass.push_segment(prefix_tokens, first_position, -1),
                 start + chunk.prefix - 1,
             )
         } else {
@@ -175,7 +186,7 @@ pub fn plan(jobs: &[&ScoreJob], packing: Packing, max_tokens: usize) -> Vec<Pass
                 // The whole prompt is the shared prefix: its last token is the scored one.
                 pass.push_scored(prefix_end, &job.labels[i], target);
             } else {
-                pass.push_segment(suffix, chunk.prefix, prefix_seg);
+                pass.push_segment(suffix, first_position + chunk.prefix, prefix_seg);
                 pass.push_scored(pass.len() - 1, &job.labels[i], target);
             }
         }

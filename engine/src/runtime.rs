@@ -15,9 +15,11 @@ use scorer_protocol::{
     ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest, ScoreResponse, ValidationError,
 };
 
-use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats};
-use crate::packing::{Packing, plan};
+use crate::coalesce::{PrefixGroup, group_by_prefix};
+use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
+use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, Plugin};
+use crate::prefix_cache::PrefixCache;
 use crate::scoring::{Limits, RowValues, finish_row, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
@@ -38,7 +40,18 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Directory of serialized executables, so a warm start compiles nothing (None: memory only).
     pub compile_cache: Option<PathBuf>,
+    /// Device bytes of prefix keys/values kept between batches (0: none are kept; jobs of one
+    /// batch that share a prefix still compute it once).
+    pub prefix_cache_bytes: u64,
+    /// Shared prefixes shorter than this are not worth a separate pass: such jobs are packed
+    /// as usual (0 turns coalescing and the prefix cache off).
+    pub prefix_min_tokens: usize,
 }
+
+/// Default bound of the prefix cache: about 40 cached 512-token prefixes of Qwen2.5-0.5B.
+pub const DEFAULT_PREFIX_CACHE_BYTES: u64 = 512 << 20;
+/// Default shortest prefix worth caching or coalescing.
+pub const DEFAULT_PREFIX_MIN_TOKENS: usize = 32;
 
 impl EngineConfig {
     pub fn new(model_path: PathBuf, model_id: String) -> Self {
@@ -52,6 +65,8 @@ impl EngineConfig {
             packing: Packing::default(),
             max_batch_tokens: 2048,
             compile_cache: None,
+            prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
+            prefix_min_tokens: DEFAULT_PREFIX_MIN_TOKENS,
         }
     }
 }
@@ -204,44 +219,71 @@ fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model
 }
 
 fn serve(model: &Model, cfg: &EngineConfig, rx: mpsc::Receiver<Command>) {
+    let mut cache = PrefixCache::new(cfg.prefix_cache_bytes);
     for command in rx {
         match command {
             Command::Score(jobs, reply) => {
-                let _ = reply.send(run_jobs(model, cfg, &jobs));
+                let _ = reply.send(run_jobs(model, cfg, &mut cache, &jobs));
             }
             Command::Stats(reply) => {
-                let _ = reply.send(model.stats());
+                let mut stats = model.stats();
+                let c = cache.stats();
+                stats.prefix_hit_tokens = c.hit_tokens;
+                stats.prefix_miss_tokens = c.miss_tokens;
+                stats.prefix_cache_bytes = c.bytes;
+                stats.prefix_cache_entries = c.entries;
+                let _ = reply.send(stats);
             }
         }
     }
 }
 
-/// Scores jobs with as few forward passes as the batch limit allows. A failing pass fails only the
-/// jobs that had rows in it.
-fn run_jobs(
-    model: &Model,
-    cfg: &EngineConfig,
-    jobs: &[ScoreJob],
-) -> Vec<Result<ScoreOutput, String>> {
-    let mut rows: Vec<Vec<Option<Vec<f64>>>> =
-        jobs.iter().map(|j| vec![None; j.prompts.len()]).collect();
-    let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
-    // Probabilities need the full-vocabulary normaliser; a pass of softmax-only jobs needs only
-    // the label rows of the head.
-    let (softmax_jobs, full_jobs): (Vec<usize>, Vec<usize>) =
-        (0..jobs.len()).partition(|&j| jobs[j].apply_softmax);
-    for (group, head, kind) in [
-        (softmax_jobs, HeadVariant::LabelLogits, RowValues::Logits),
-        (full_jobs, HeadVariant::FullLogprobs, RowValues::Logprobs),
-    ] {
-        let refs: Vec<&ScoreJob> = group.iter().map(|&j| &jobs[j]).collect();
-        for pass in plan(&refs, cfg.packing, cfg.max_batch_tokens) {
-            match model.run(&pass.batch, head) {
+/// Per job: its rows as they are scored, or why it failed.
+struct Outcomes<'a> {
+    jobs: &'a [ScoreJob],
+    rows: Vec<Vec<Option<Vec<f64>>>>,
+    failed: Vec<Option<String>>,
+}
+
+impl<'a> Outcomes<'a> {
+    fn new(jobs: &'a [ScoreJob]) -> Self {
+        Outcomes {
+            jobs,
+            rows: jobs.iter().map(|j| vec![None; j.prompts.len()]).collect(),
+            failed: vec![None; jobs.len()],
+        }
+    }
+
+    fn fail(&mut self, job: usize, err: &anyhow::Error) {
+        self.failed[job] = Some(format!("forward pass failed: {err:#}"));
+    }
+
+    /// Runs `passes` (whose row targets index `map`, local to global job indices), optionally
+    /// continuing a cached prefix of `len` tokens. A failing pass fails only its jobs.
+    fn run_passes(
+        &mut self,
+        model: &Model,
+        passes: Vec<Pass>,
+        map: &[usize],
+        head: HeadVariant,
+        cached: Option<(&PrefixKv, usize)>,
+    ) {
+        let kind = match head {
+            HeadVariant::LabelLogits => RowValues::Logits,
+            HeadVariant::FullLogprobs => RowValues::Logprobs,
+        };
+        for pass in passes {
+            let result = match cached {
+                Some((kv, len)) => model.run_cached(&pass.batch, head, kv, len),
+                None => model.run(&pass.batch, head),
+            };
+            match result {
                 Ok(values) => {
                     for (target, row) in pass.rows.iter().zip(values) {
-                        let job = &jobs[group[target.job]];
+                        let j = map[target.job];
+                        let job = &self.jobs[j];
                         let width = job.labels[target.item].len();
-                        rows[group[target.job]][target.item] = Some(finish_row(
+                        self.rows[j][target.item] = Some(finish_row(
                             &row[..width.min(row.len())],
                             kind,
                             job.apply_softmax,
@@ -252,25 +294,131 @@ fn run_jobs(
                 Err(err) => {
                     tracing::error!(error = %format!("{err:#}"), "forward pass failed");
                     for target in &pass.rows {
-                        failed[group[target.job]] = Some(format!("forward pass failed: {err:#}"));
+                        self.fail(map[target.job], &err);
                     }
                 }
             }
         }
     }
-    jobs.iter()
-        .zip(rows)
-        .zip(failed)
-        .map(|((job, rows), failed)| match failed {
-            Some(err) => Err(err),
-            None => rows
-                .into_iter()
-                .collect::<Option<Vec<_>>>()
-                .map(|scores| ScoreOutput {
-                    scores,
-                    prompt_tokens: job.prompt_tokens(),
-                })
-                .ok_or_else(|| "an item was not scored".to_string()),
+
+    fn finish(self) -> Vec<Result<ScoreOutput, String>> {
+        self.jobs
+            .iter()
+            .zip(self.rows)
+            .zip(self.failed)
+            .map(|((job, rows), failed)| match failed {
+                Some(err) => Err(err),
+                None => rows
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(|scores| ScoreOutput {
+                        scores,
+                        prompt_tokens: job.prompt_tokens(),
+                    })
+                    .ok_or_else(|| "an item was not scored".to_string()),
+            })
+            .collect()
+    }
+}
+
+/// Scores jobs with as few forward passes as the batch limit allows. Jobs sharing a long enough
+/// prefix are coalesced: the prefix's keys/values come from the prefix cache (or are computed
+/// once and cached), and the jobs' remaining tokens run as passes that attend them.
+fn run_jobs(
+    model: &Model,
+    cfg: &EngineConfig,
+    cache: &mut PrefixCache,
+    jobs: &[ScoreJob],
+) -> Vec<Result<ScoreOutput, String>> {
+    let mut out = Outcomes::new(jobs);
+    // Probabilities need the full-vocabulary normaliser; a pass of softmax-only jobs needs only
+    // the label rows of the head.
+    let (softmax_jobs, full_jobs): (Vec<usize>, Vec<usize>) =
+        (0..jobs.len()).partition(|&j| jobs[j].apply_softmax);
+    for (group, head) in [
+        (softmax_jobs, HeadVariant::LabelLogits),
+        (full_jobs, HeadVariant::FullLogprobs),
+    ] {
+        let refs: Vec<&ScoreJob> = group.iter().map(|&j| &jobs[j]).collect();
+        let coalesce = cfg.packing == Packing::SharedPrefix && cfg.prefix_min_tokens > 0;
+        let (prefix_groups, mut plain) = if coalesce {
+            group_by_prefix(&refs, cfg.prefix_min_tokens)
+        } else {
+            (Vec::new(), (0..refs.len()).collect())
+        };
+        for pg in prefix_groups {
+            // Without a cache a lone job gains nothing from a separate prefix pass.
+            if cache.capacity() == 0 && pg.jobs.len() < 2 {
+                plain.extend(pg.jobs);
+                continue;
+            }
+            let map: Vec<usize> = pg.jobs.iter().map(|&j| group[j]).collect();
+            run_prefix_group(model, cfg, cache, &pg, &map, head, &mut out);
+        }
+        plain.sort_unstable();
+        let plain_refs: Vec<&ScoreJob> = plain.iter().map(|&j| refs[j]).collect();
+        let map: Vec<usize> = plain.iter().map(|&j| group[j]).collect();
+        let passes = plan(&plain_refs, cfg.packing, cfg.max_batch_tokens);
+        out.run_passes(model, passes, &map, head, None);
+    }
+    out.finish()
+}
+
+/// One coalesced group: find or compute the prefix's keys/values, then run every job's tokens
+/// after the cached part as passes attending it.
+fn run_prefix_group(
+    model: &Model,
+    cfg: &EngineConfig,
+    cache: &mut PrefixCache,
+    pg: &PrefixGroup,
+    map: &[usize],
+    head: HeadVariant,
+    out: &mut Outcomes<'_>,
+) {
+    let want = pg.prefix.len();
+    let found = cache.lookup(&pg.prefix);
+    let (kv, len) = match found {
+        Some((shared, kv)) if shared == want => {
+            cache.record(want, 0);
+            (kv, want)
+        }
+        // A cached entry covers part of the prefix: use it when recomputing the rest in every
+        // job costs less than computing the whole prefix again.
+        Some((shared, kv))
+            if shared >= cfg.prefix_min_tokens && (want - shared) * pg.jobs.len() <= want =>
+        {
+            cache.record(shared, want - shared);
+            (kv, shared)
+        }
+        _ => match model.prefix_kv(&pg.prefix) {
+            Ok(kv) => {
+                cache.record(0, want);
+                let kv = std::rc::Rc::new(kv);
+                cache.insert(&pg.prefix, kv.clone());
+                (kv, want)
+            }
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "prefix pass failed");
+                for &j in map {
+                    out.fail(j, &err);
+                }
+                return;
+            }
+        },
+    };
+    let rest: Vec<ScoreJob> = map
+        .iter()
+        .map(|&j| {
+            let job = &out.jobs[j];
+            ScoreJob {
+                prompts: job.prompts.iter().map(|p| p[len..].to_vec()).collect(),
+                labels: job.labels.clone(),
+                apply_softmax: job.apply_softmax,
+                temperature: job.temperature,
+            }
         })
-        .collect()
+        .collect();
+    let refs: Vec<&ScoreJob> = rest.iter().collect();
+    let passes = plan_at(&refs, cfg.packing, cfg.max_batch_tokens, len);
+    out.run_passes(model, passes, map, head, Some((&kv, len)));
 }

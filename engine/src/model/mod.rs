@@ -23,7 +23,7 @@ use crate::weights::{ModelConfig, ModelWeights};
 use params::{Dims, HostData, host_param, param_specs};
 
 pub use params::LayerLayout;
-use program::{ProgramSpec, build_program};
+use program::{ProgramKind, ProgramSpec, build_program};
 
 pub use store::{DirStore, ExecutableStore};
 
@@ -93,6 +93,15 @@ pub struct ModelStats {
     /// Executables loaded from the [`ExecutableStore`] instead of compiled.
     pub store_hits: u64,
     pub forward_passes: u64,
+    /// Runs of the prefix key/value program (prefixes computed for the prefix cache).
+    pub prefix_passes: u64,
+    /// Prefix tokens served from cached keys/values instead of being computed.
+    pub prefix_hit_tokens: u64,
+    /// Tokens of shared prefixes that had to be computed (not in the cache).
+    pub prefix_miss_tokens: u64,
+    /// Device bytes held by the prefix cache, and its entry count.
+    pub prefix_cache_bytes: u64,
+    pub prefix_cache_entries: usize,
     /// Tokens computed, padding included (the bucket sizes).
     pub tokens_computed: u64,
     /// Tokens of the batches before padding.
@@ -275,6 +284,8 @@ impl Model {
             scores: buckets::score_bucket(scores) as i64,
             labels: buckets::label_bucket(labels) as i64,
             head,
+            kind: ProgramKind::Score,
+            cache: 0,
         })
     }
 
@@ -367,6 +378,75 @@ impl Model {
     /// label: log-probabilities ([`HeadVariant::FullLogprobs`]) or logits
     /// ([`HeadVariant::LabelLogits`]). Only these `[S, L]` values leave the device.
     pub fn run(&self, batch: &PackedBatch, head: HeadVariant) -> Result<Vec<Vec<f32>>> {
+        self.run_inner(batch, head, None)
+    }
+
+    /// [`Model::run`] on a batch that continues a cached prefix: every real token also attends
+    /// the first `len` positions of `prefix` (whose positions are `0..len`, so the batch's
+    /// positions start at `len`). Scores equal those of the batch with the prefix's tokens in
+    /// front of every segment.
+    pub fn run_cached(
+        &self,
+        batch: &PackedBatch,
+        head: HeadVariant,
+        prefix: &PrefixKv,
+        len: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        ensure!(
+            len > 0 && len <= prefix.tokens,
+            "cached prefix length {len} outside 1..={}",
+            prefix.tokens
+        );
+        self.run_inner(batch, head, Some((prefix, len)))
+    }
+
+    /// Computes every layer's keys and values of `tokens` (positions `0..`), kept on the device
+    /// for [`Model::run_cached`].
+    pub fn prefix_kv(&self, tokens: &[u32]) -> Result<PrefixKv> {
+        ensure!(!tokens.is_empty(), "an empty prefix has nothing to cache");
+        let n = tokens.len();
+        let batch = PackedBatch {
+            tokens: tokens.to_vec(),
+            positions: (0..n as i32).collect(),
+            segment: vec![0; n],
+            prefix_segment: vec![-1; n],
+            score_index: Vec::new(),
+            label_ids: Vec::new(),
+        };
+        self.check_ids(&batch)?;
+        let mut spec = self.spec(n, 1, 1, HeadVariant::LabelLogits)?;
+        spec.kind = ProgramKind::PrefixKv;
+        spec.scores = 0;
+        spec.labels = 0;
+        let tb = spec.tokens as usize;
+        let exe = self.executable(&spec)?;
+        let inputs = self.upload_tokens(&batch, tb)?;
+        let mut args: Vec<&Buffer> = self.weights.iter().collect();
+        args.extend(inputs.iter());
+        let mut outs = exe
+            .execute_on(self.device, &args)
+            .context("running the prefix key/value program")?
+            .into_iter();
+        let (Some(k), Some(v)) = (outs.next(), outs.next()) else {
+            bail!("the prefix key/value program returned fewer than two results");
+        };
+        let d = &self.dims;
+        let bytes = 2 * (d.layers * d.kv_heads * tb as i64 * d.head_dim) as u64 * 4;
+        self.bump(|st| {
+            st.prefix_passes += 1;
+            st.tokens_computed += tb as u64;
+            st.tokens_real += n as u64;
+        });
+        Ok(PrefixKv {
+            k,
+            v,
+            tokens: n,
+            columns: tb,
+            bytes,
+        })
+    }
+
+    fn check_ids(&self, batch: &PackedBatch) -> Result<()> {
         let n = batch.tokens.len();
         ensure!(
             batch.positions.len() == n
@@ -374,18 +454,48 @@ impl Model {
                 && batch.prefix_segment.len() == n,
             "tokens, positions, segment and prefix_segment must have equal lengths"
         );
+        let vocab = self.config.vocab_size;
+        if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {t} is outside the vocabulary of {vocab}");
+        }
+        Ok(())
+    }
+
+    /// Pads and uploads tokens, positions, segment and prefix_segment to `tb` entries.
+    fn upload_tokens(&self, batch: &PackedBatch, tb: usize) -> Result<[Buffer; 4]> {
+        let tokens: Vec<i32> = batch.tokens.iter().map(|&t| t as i32).collect();
+        let t = [tb as i64];
+        Ok([
+            self.upload_i32(&pad(&tokens, tb, 0), &t)?,
+            self.upload_i32(&pad(&batch.positions, tb, 0), &t)?,
+            self.upload_i32(&pad(&batch.segment, tb, -1), &t)?,
+            self.upload_i32(&pad(&batch.prefix_segment, tb, -1), &t)?,
+        ])
+    }
+
+    fn upload_i32(&self, v: &[i32], dims: &[i64]) -> Result<Buffer> {
+        self.client
+            .buffer_from_host(v, dims, self.device)
+            .context("uploading batch inputs")
+    }
+
+    fn run_inner(
+        &self,
+        batch: &PackedBatch,
+        head: HeadVariant,
+        cache: Option<(&PrefixKv, usize)>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check_ids(batch)?;
         ensure!(
             batch.score_index.len() == batch.label_ids.len(),
             "one label list per scored position"
         );
+        let n = batch.tokens.len();
         let s = batch.score_index.len();
         if s == 0 {
             return Ok(Vec::new());
         }
         let vocab = self.config.vocab_size;
-        if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
-            bail!("token id {t} is outside the vocabulary of {vocab}");
-        }
         if let Some(l) = batch
             .label_ids
             .iter()
@@ -402,23 +512,15 @@ impl Model {
             bail!("score index {i} is outside the batch of {n} tokens");
         }
         let l = batch.label_ids.iter().map(Vec::len).max().unwrap_or(0);
-        let spec = self.spec(n, s, l, head)?;
+        let mut spec = self.spec(n, s, l, head)?;
+        if let Some((prefix, _)) = cache {
+            spec.cache = prefix.columns as i64;
+        }
         let (tb, sb, lb) = (
             spec.tokens as usize,
             spec.scores as usize,
             spec.labels as usize,
         );
-
-        let pad = |v: &[i32], len: usize, fill: i32| {
-            let mut out = v.to_vec();
-            out.resize(len, fill);
-            out
-        };
-        let tokens: Vec<i32> = batch.tokens.iter().map(|&t| t as i32).collect();
-        let tokens = pad(&tokens, tb, 0);
-        let positions = pad(&batch.positions, tb, 0);
-        let segment = pad(&batch.segment, tb, -1);
-        let prefix = pad(&batch.prefix_segment, tb, -1);
         let score_index = pad(&batch.score_index, sb, 0);
         let mut labels = vec![0i32; sb * lb];
         for (r, row) in batch.label_ids.iter().enumerate() {
@@ -428,24 +530,23 @@ impl Model {
         }
 
         let exe = self.executable(&spec)?;
-        let dev = self.device;
-        let up = |v: &[i32], dims: &[i64]| {
-            self.client
-                .buffer_from_host(v, dims, dev)
-                .context("uploading batch inputs")
+        let cache_len = match cache {
+            Some((_, len)) => Some(self.upload_i32(&[len as i32], &[])?),
+            None => None,
         };
-        let inputs = [
-            up(&tokens, &[tb as i64])?,
-            up(&positions, &[tb as i64])?,
-            up(&segment, &[tb as i64])?,
-            up(&prefix, &[tb as i64])?,
-            up(&score_index, &[sb as i64])?,
-            up(&labels, &[sb as i64, lb as i64])?,
+        let tokens = self.upload_tokens(batch, tb)?;
+        let scored = [
+            self.upload_i32(&score_index, &[sb as i64])?,
+            self.upload_i32(&labels, &[sb as i64, lb as i64])?,
         ];
         let mut args: Vec<&Buffer> = self.weights.iter().collect();
-        args.extend(inputs.iter());
+        if let (Some((prefix, _)), Some(len)) = (cache, &cache_len) {
+            args.extend([&prefix.k, &prefix.v, len]);
+        }
+        args.extend(tokens.iter());
+        args.extend(scored.iter());
         let outs = exe
-            .execute_on(dev, &args)
+            .execute_on(self.device, &args)
             .context("running the prefill program")?;
         let out = outs
             .first()
@@ -470,5 +571,43 @@ impl Model {
             .enumerate()
             .map(|(r, row)| values[r * lb..r * lb + row.len()].to_vec())
             .collect())
+    }
+}
+
+fn pad(v: &[i32], len: usize, fill: i32) -> Vec<i32> {
+    let mut out = v.to_vec();
+    out.resize(len, fill);
+    out
+}
+
+/// Every layer's keys and values of a token prefix, resident on the device (see
+/// [`Model::prefix_kv`]). Dropping it frees the device memory.
+pub struct PrefixKv {
+    k: Buffer,
+    v: Buffer,
+    tokens: usize,
+    columns: usize,
+    bytes: u64,
+}
+
+impl PrefixKv {
+    /// Tokens of the prefix.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Device bytes held (keys and values, padded to the bucket).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for PrefixKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixKv")
+            .field("tokens", &self.tokens)
+            .field("columns", &self.columns)
+            .field("bytes", &self.bytes)
+            .finish()
     }
 }

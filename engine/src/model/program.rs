@@ -1,13 +1,18 @@
 //! The prefill program: one StableHLO module computing, for a flattened ragged
 //! batch of `T` tokens, the label scores at `S` scored positions.
 //!
-//! Parameters: the weights (see `params.rs`, in that order), then
-//! `tokens i32[T]`, `positions i32[T]`, `segment i32[T]`, `prefix_segment i32[T]`,
-//! `score_index i32[S]`, `label_ids i32[S, L]`. Result: `f32[S, L]`.
+//! Parameters: the weights (see `params.rs`, in that order), then — with a cached prefix of
+//! `C` columns — `cache_k f32[layers, kv_heads, C, hd]`, `cache_v` (same), `cache_len i32[]`,
+//! then `tokens i32[T]`, `positions i32[T]`, `segment i32[T]`, `prefix_segment i32[T]`, and for
+//! [`ProgramKind::Score`] `score_index i32[S]`, `label_ids i32[S, L]`. Results: `f32[S, L]`
+//! ([`ProgramKind::Score`]) or the keys and values of every token, `f32[layers, kv_heads, T, hd]`
+//! twice ([`ProgramKind::PrefixKv`]: what a prefix cache keeps).
 //!
 //! Token `i` attends token `j` iff `j <= i`, `seg[j] != -1`, and `seg[j]` is
-//! `seg[i]` or `prefix_segment[i]`. Matmuls run over all `T` tokens at once and
-//! attention is `[heads, T, T]` with the mask applied by `select`.
+//! `seg[i]` or `prefix_segment[i]`; every real token (`seg[i] != -1`) also attends the
+//! first `cache_len` cached columns, which hold the keys and values of positions
+//! `0..cache_len` (a prefix computed by an earlier pass). Matmuls run over all `T` tokens at
+//! once and attention is `[heads, T, C + T]` with the mask applied by `select`.
 
 use anyhow::{Context, Result};
 
@@ -17,6 +22,15 @@ use super::params::{Dims, LayerLayout, Slot, layer_slots, param_specs};
 use super::{DType, HeadVariant};
 
 type HloResult<T> = crate::hlo::Result<T>;
+
+/// What a program returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ProgramKind {
+    /// Label values at the scored positions.
+    Score,
+    /// Every layer's keys and values of the batch's tokens (no head): a prefix to cache.
+    PrefixKv,
+}
 
 /// Everything that determines a program's text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +42,9 @@ pub(crate) struct ProgramSpec {
     pub scores: i64,
     pub labels: i64,
     pub head: HeadVariant,
+    pub kind: ProgramKind,
+    /// Columns of cached prefix keys/values taken as inputs (a bucket size); 0: none.
+    pub cache: i64,
 }
 
 /// Masked attention scores get this instead of -inf, so a fully masked
@@ -128,16 +145,20 @@ impl Ctx<'_> {
         b.add(&a, &c)
     }
 
-    /// One decoder layer on the residual stream `x [T, H]` (f32).
+    /// One decoder layer on the residual stream `x [T, H]` (f32). `mask` is `[T, C + T]` when
+    /// `cache` holds this layer's cached keys and values (`[kv_heads, C, hd]` each), else
+    /// `[T, T]`. Returns the new stream and this layer's keys and values of the `T` tokens
+    /// (`[kv_heads, T, hd]`, keys after RoPE).
     fn layer(
         &self,
         b: &mut FuncBuilder,
         x: &Value,
         mask: &Value,
-        cos: &Value,
-        sin: &Value,
+        rope: (&Value, &Value),
         w: &LayerParams,
-    ) -> HloResult<Value> {
+        cache: Option<(&Value, &Value)>,
+    ) -> HloResult<(Value, Value, Value)> {
+        let (cos, sin) = rope;
         let d = self.d;
         let t = self.tokens;
         let (hd, nh, nkv) = (d.head_dim, d.heads, d.kv_heads);
@@ -167,8 +188,14 @@ impl Ctx<'_> {
         let q = b.reshape(&q, &[nkv, g * t, hd])?;
         let k = b.transpose(&k, &[1, 0, 2])?;
         let v = b.transpose(&v, &[1, 0, 2])?;
+        // Cached prefix columns first: the mask's column order.
+        let (k_all, v_all) = match cache {
+            Some((ck, cv)) => (b.concatenate(&[ck, &k], 1)?, b.concatenate(&[cv, &v], 1)?),
+            None => (k.clone(), v.clone()),
+        };
+        let kv_len = k_all.dims()[1];
         let qc = b.convert(&q, self.mat);
-        let kc = b.convert(&k, self.mat);
+        let kc = b.convert(&k_all, self.mat);
         let scores = b.dot_general(
             &qc,
             &kc,
@@ -177,15 +204,15 @@ impl Ctx<'_> {
             self.precision,
         )?;
         let scores = b.mul_const(&scores, 1.0 / (hd as f64).sqrt())?;
-        let scores = b.reshape(&scores, &[nkv, g, t, t])?;
-        let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, t], &[2, 3])?;
+        let scores = b.reshape(&scores, &[nkv, g, t, kv_len])?;
+        let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, kv_len], &[2, 3])?;
         let neg = b.scalar(ElemType::F32, MASKED);
-        let neg = b.broadcast_in_dim(&neg, &[nkv, g, t, t], &[])?;
+        let neg = b.broadcast_in_dim(&neg, &[nkv, g, t, kv_len], &[])?;
         let scores = b.select(&mask4, &scores, &neg)?;
         let probs = b.softmax_last(&scores)?;
-        let probs = b.reshape(&probs, &[nkv, g * t, t])?;
+        let probs = b.reshape(&probs, &[nkv, g * t, kv_len])?;
         let pc = b.convert(&probs, self.mat);
-        let vc = b.convert(&v, self.mat);
+        let vc = b.convert(&v_all, self.mat);
         let ctxv = b.dot_general(
             &pc,
             &vc,
@@ -208,7 +235,7 @@ impl Ctx<'_> {
         let act = b.mul(&gate, &sig)?;
         let act = b.mul(&act, &up)?;
         let down = self.matmul(b, &act, &w.wdown)?;
-        b.add(&x, &down)
+        Ok((b.add(&x, &down)?, k, v))
     }
 }
 
@@ -248,12 +275,26 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
     };
     let final_norm = get(Slot::FinalNorm, None).ok_or_else(|| missing(Slot::FinalNorm))?;
 
+    let (nkv, hd, layers) = (d.kv_heads, d.head_dim, d.layers);
+    let c = spec.cache;
+    let cache = (c > 0).then(|| {
+        let kv = TensorType::new(&[layers, nkv, c, hd], ElemType::F32);
+        (
+            b.param(kv.clone()),
+            b.param(kv),
+            b.param(TensorType::scalar(ElemType::I32)),
+        )
+    });
     let tokens = b.param(TensorType::i32(&[t]));
     let positions = b.param(TensorType::i32(&[t]));
     let segment = b.param(TensorType::i32(&[t]));
     let prefix = b.param(TensorType::i32(&[t]));
-    let score_index = b.param(TensorType::i32(&[s]));
-    let label_ids = b.param(TensorType::i32(&[s, l]));
+    let scored = (spec.kind == ProgramKind::Score).then(|| {
+        (
+            b.param(TensorType::i32(&[s])),
+            b.param(TensorType::i32(&[s, l])),
+        )
+    });
 
     // Embedding lookup; the residual stream stays f32 in every dtype.
     let x0 = b.take_rows(&embed, &tokens)?;
@@ -274,9 +315,23 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
     let visible = b.or(&same, &in_prefix)?;
     let mask = b.and(&causal, &visible)?;
     let mask = b.and(&mask, &real)?;
+    // With a cache, [T, C] columns in front: real tokens see the first cache_len of them.
+    let mask = match &cache {
+        Some((_, _, cache_len)) => {
+            let tc = [t, c];
+            let ccol = b.iota(TensorType::i32(&tc), 1)?;
+            let len = b.broadcast_in_dim(cache_len, &tc, &[])?;
+            let filled = b.compare(&ccol, &len, Cmp::Lt)?;
+            let seg_row = b.broadcast_in_dim(&segment, &tc, &[0])?;
+            let pad = b.splat(TensorType::i32(&tc), -1.0);
+            let real_row = b.compare(&seg_row, &pad, Cmp::Ne)?;
+            let cmask = b.and(&filled, &real_row)?;
+            b.concatenate(&[&cmask, &mask], 1)?
+        }
+        None => mask,
+    };
 
     // RoPE tables [T, hd]: angle = position * theta^(-2i/hd), duplicated halves.
-    let hd = d.head_dim;
     let half = hd / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| (1.0 / (d.rope_theta() as f64).powf((2 * i) as f64 / hd as f64)) as f32)
@@ -290,58 +345,136 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
     let cos = b.cos(&angles)?;
     let sin = b.sin(&angles)?;
 
-    let hidden = match spec.layout {
+    let wants_kv = spec.kind == ProgramKind::PrefixKv;
+    let kv_out = TensorType::new(&[layers, nkv, t, hd], ElemType::F32);
+    let (hidden, kv) = match spec.layout {
         LayerLayout::PerLayer => {
             let mut x = x0;
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
             for i in 0..d.layers as usize {
                 let w = LayerParams::from_slots(|slot| Ok(get(slot, Some(i))))?;
-                x = ctx.layer(&mut b, &x, &mask, &cos, &sin, &w)?;
+                let layer_cache = match &cache {
+                    Some((ck, cv, _)) => {
+                        let li = i as i64;
+                        let pick = |b: &mut FuncBuilder, all: &Value| -> HloResult<Value> {
+                            let sl = b.slice(all, &[li, 0, 0, 0], &[li + 1, nkv, c, hd])?;
+                            b.reshape(&sl, &[nkv, c, hd])
+                        };
+                        Some((pick(&mut b, ck)?, pick(&mut b, cv)?))
+                    }
+                    None => None,
+                };
+                let (nx, k, v) = ctx.layer(
+                    &mut b,
+                    &x,
+                    &mask,
+                    (&cos, &sin),
+                    &w,
+                    layer_cache.as_ref().map(|(k, v)| (k, v)),
+                )?;
+                x = nx;
+                if wants_kv {
+                    ks.push(b.reshape(&k, &[1, nkv, t, hd])?);
+                    vs.push(b.reshape(&v, &[1, nkv, t, hd])?);
+                }
             }
-            x
+            let kv = if wants_kv {
+                let ks: Vec<&Value> = ks.iter().collect();
+                let vs: Vec<&Value> = vs.iter().collect();
+                Some((b.concatenate(&ks, 0)?, b.concatenate(&vs, 0)?))
+            } else {
+                None
+            };
+            (x, kv)
         }
         LayerLayout::Stacked => {
             // One while loop over the stacked weights; layer i's slice of each
-            // is taken with dynamic_slice.
+            // is taken with dynamic_slice. Carried: i, x, mask, cos, sin, then the cache
+            // (read per layer), the key/value accumulators (written per layer), the weights.
             let stacked: Vec<(Slot, Value)> = layer_slots(d)
                 .into_iter()
                 .filter_map(|(s, _)| get(s, None).map(|v| (s, v)))
                 .collect();
             let i0 = b.scalar_i32(0);
+            let acc =
+                wants_kv.then(|| (b.splat(kv_out.clone(), 0.0), b.splat(kv_out.clone(), 0.0)));
             let mut carried: Vec<&Value> = vec![&i0, &x0, &mask, &cos, &sin];
+            if let Some((ck, cv, _)) = &cache {
+                carried.extend([ck, cv]);
+            }
+            if let Some((ka, va)) = &acc {
+                carried.extend([ka, va]);
+            }
+            let first_weight = carried.len();
             carried.extend(stacked.iter().map(|(_, v)| v));
             let n_layers = d.layers as i32;
             let slots: Vec<Slot> = stacked.iter().map(|(s, _)| *s).collect();
+            let has_cache = cache.is_some();
             let out = b.while_loop(
                 &carried,
                 |b, a| b.lt_const(&a[0], n_layers),
                 |b, a| {
                     let (i, x, mask, cos, sin) = (&a[0], &a[1], &a[2], &a[3], &a[4]);
-                    let stacked = &a[5..];
+                    let stacked = &a[first_weight..];
                     let zero = b.scalar_i32(0);
-                    let w = LayerParams::from_slots(|slot| {
-                        let Some(k) = slots.iter().position(|s| *s == slot) else {
-                            return Ok(None);
-                        };
-                        let w = &stacked[k];
+                    let layer_slice = |b: &mut FuncBuilder, w: &Value| -> HloResult<Value> {
                         let mut starts = vec![i];
                         starts.extend(std::iter::repeat_n(&zero, w.rank() - 1));
                         let mut sizes = w.dims().to_vec();
                         sizes[0] = 1;
                         let sl = b.dynamic_slice(w, &starts, &sizes)?;
-                        Ok(Some(b.reshape(&sl, &w.dims()[1..])?))
+                        b.reshape(&sl, &w.dims()[1..])
+                    };
+                    let w = LayerParams::from_slots(|slot| {
+                        let Some(k) = slots.iter().position(|s| *s == slot) else {
+                            return Ok(None);
+                        };
+                        Ok(Some(layer_slice(b, &stacked[k])?))
                     })?;
-                    let x = ctx.layer(b, x, mask, cos, sin, &w)?;
+                    let mut next_extra = Vec::new();
+                    let mut at = 5;
+                    let layer_cache = if has_cache {
+                        let ck = layer_slice(b, &a[at])?;
+                        let cv = layer_slice(b, &a[at + 1])?;
+                        next_extra.extend([a[at].clone(), a[at + 1].clone()]);
+                        at += 2;
+                        Some((ck, cv))
+                    } else {
+                        None
+                    };
+                    let (x, k, v) = ctx.layer(
+                        b,
+                        x,
+                        mask,
+                        (cos, sin),
+                        &w,
+                        layer_cache.as_ref().map(|(k, v)| (k, v)),
+                    )?;
+                    if wants_kv {
+                        let k1 = b.reshape(&k, &[1, nkv, t, hd])?;
+                        let v1 = b.reshape(&v, &[1, nkv, t, hd])?;
+                        let starts = [i, &zero, &zero, &zero];
+                        next_extra.push(b.dynamic_update_slice(&a[at], &k1, &starts)?);
+                        next_extra.push(b.dynamic_update_slice(&a[at + 1], &v1, &starts)?);
+                    }
                     let one = b.scalar_i32(1);
                     let next = b.add(i, &one)?;
                     let mut results = vec![next, x, mask.clone(), cos.clone(), sin.clone()];
+                    results.extend(next_extra);
                     results.extend(stacked.iter().cloned());
                     Ok(results)
                 },
             )?;
-            out[1].clone()
+            let kv_at = if has_cache { 7 } else { 5 };
+            let kv = wants_kv.then(|| (out[kv_at].clone(), out[kv_at + 1].clone()));
+            (out[1].clone(), kv)
         }
     };
 
+    let Some((score_index, label_ids)) = scored else {
+        let (k, v) = kv.ok_or_else(|| missing("prefix keys and values"))?;
+        return b.finish(&[k, v]);
+    };
     // Head, only at the scored positions.
     let hs = b.take_rows(&hidden, &score_index)?;
     let hs = ctx.rms_norm(&mut b, &hs, &final_norm)?;
