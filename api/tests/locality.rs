@@ -12,7 +12,7 @@ use common::{Backing, Harness, MODEL};
 use reqwest::StatusCode;
 use scorer_api::rendezvous;
 use scorer_protocol::ScoreRequest;
-use scorer_protocol::job::locality_key;
+use scorer_protocol::job::{JobStatus, locality_key};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -162,12 +162,14 @@ async fn a_killed_workers_jobs_finish_on_the_other_worker() {
     for _ in 0..12 {
         ids.push(submit(&h, &body("kitchen", &ITEMS)).await);
     }
-    // Kill the owner as soon as it has started one of them.
+    // Kill the owner as soon as it has started one of them (it holds all 12 by then: they fit
+    // its prefetch window).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     'started: loop {
         for id in &ids {
-            let (_, _, job) = h.get(&format!("/v1/score/jobs/{id}")).await;
-            if job["status"] != "queued" {
+            let row = h.stores.audit.get(*id).await.expect("audit").expect("row");
+            if row.status != JobStatus::Queued {
+                assert_eq!(row.worker.as_deref(), Some(owner.as_str()));
                 break 'started;
             }
         }
