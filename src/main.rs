@@ -145,6 +145,13 @@ struct ServiceArgs {
     /// API keys as KEY=TENANT, comma-separated (unset: no authentication, one tenant).
     #[arg(long, env = "SCORER_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
+    /// Send jobs that share a token prefix to the same worker (`false`: all to the shared queue).
+    #[arg(long, env = "SCORER_LOCALITY", default_value_t = true, action = clap::ArgAction::Set)]
+    locality: bool,
+    /// Milliseconds a job waits in its worker's queue before any worker may take it (workers
+    /// declare their queue with it).
+    #[arg(long, env = "SCORER_WORKER_QUEUE_TTL_MS", default_value_t = 5_000)]
+    worker_queue_ttl_ms: u64,
 }
 
 impl ServiceArgs {
@@ -165,6 +172,8 @@ impl ServiceArgs {
         cfg.limits.max_prompt_tokens = engine.limits.max_prompt_tokens;
         cfg.limits.max_request_tokens = engine.limits.max_request_tokens;
         cfg.worker.max_batch_tokens = engine.max_batch_tokens;
+        cfg.locality.enabled = self.locality;
+        cfg.locality.worker_queue_ttl = Duration::from_millis(self.worker_queue_ttl_ms.max(1));
         for pair in &self.api_keys {
             let (key, tenant) = pair
                 .split_once('=')

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use scorer_worker::WorkerConfig;
 
+use crate::LocalityConfig;
+
 /// Where the queue and stores live. A missing URL means "in-process" (embedded mode).
 #[derive(Debug, Clone, Default)]
 pub struct StoreUrls {
@@ -78,6 +80,8 @@ pub struct ServiceConfig {
     pub webhook_backoff: Duration,
     pub worker: WorkerConfig,
     pub batches: BatchConfig,
+    /// Steering jobs that share a prefix to one worker.
+    pub locality: LocalityConfig,
 }
 
 /// Limits of `POST /v1/batches`.
@@ -123,6 +127,7 @@ impl Default for ServiceConfig {
             webhook_backoff: Duration::from_millis(500),
             worker,
             batches: BatchConfig::default(),
+            locality: LocalityConfig::default(),
         }
     }
 }

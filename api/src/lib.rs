@@ -7,6 +7,7 @@
 mod auth;
 mod config;
 mod error;
+mod locality;
 mod metrics;
 mod roles;
 pub mod routes;
@@ -15,6 +16,7 @@ mod submit;
 
 pub use config::{BatchConfig, Limits, ServiceConfig, StoreUrls};
 pub use error::{ApiError, ErrorBody};
+pub use locality::{Locality, LocalityConfig, rendezvous};
 pub use roles::{connect_stores, migrate, run_api, run_worker, serve, serve_app, shutdown_signal};
 pub use state::{AppState, Stores};
 

@@ -29,7 +29,8 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
                 },
             )
             .await
-            .context("connecting to RabbitMQ")?,
+            .context("connecting to RabbitMQ")?
+            .with_worker_queue_ttl(config.locality.worker_queue_ttl),
         ),
         None => Arc::new(MemoryQueue::new()),
     };

@@ -6,7 +6,7 @@ use scorer_jobs::webhook::WebhookSender;
 use scorer_jobs::{AuditStore, BatchStore, JobQueue, ResultStore};
 use scorer_protocol::ScoreBackend;
 
-use crate::ServiceConfig;
+use crate::{Locality, ServiceConfig};
 
 /// The queue and the stores, real or in-process.
 #[derive(Clone)]
@@ -24,6 +24,8 @@ pub struct AppState {
     pub stores: Stores,
     pub config: Arc<ServiceConfig>,
     pub webhooks: WebhookSender,
+    /// Which worker a keyed job goes to.
+    pub locality: Arc<Locality>,
 }
 
 impl AppState {
@@ -33,11 +35,19 @@ impl AppState {
             config.webhook_backoff,
             std::time::Duration::from_secs(10),
         );
+        let locality = Arc::new(Locality::new(
+            &config.locality,
+            stores.queue.as_ref(),
+            stores.results.clone(),
+            backend.model_id(),
+            config.worker_liveness,
+        ));
         AppState {
             backend,
             stores,
             config: Arc::new(config),
             webhooks,
+            locality,
         }
     }
 }

@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use scorer_jobs::Inserted;
-use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, now_millis};
+use scorer_jobs::{Inserted, StoreError};
+use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, locality_key, now_millis};
 use scorer_protocol::{DEFAULT_MODEL_NAME, Items, ScoreJob, ScoreRequest};
 use serde::de::DeserializeOwned;
 
@@ -103,6 +103,7 @@ pub async fn check_queue_bound(state: &AppState) -> Result<(), ApiError> {
 }
 
 pub fn envelope(record: &JobRecord, job: ScoreJob) -> JobEnvelope {
+    let locality = locality_key(&job);
     JobEnvelope {
         job_id: record.id,
         tenant: record.tenant.clone(),
@@ -115,7 +116,13 @@ pub fn envelope(record: &JobRecord, job: ScoreJob) -> JobEnvelope {
         temperature: job.temperature,
         attempt: 1,
         enqueued_at_ms: record.created_at.timestamp_millis(),
+        locality,
     }
+}
+
+/// Publishes to the worker the job's locality key picks, else to the model's shared queue.
+pub async fn publish(state: &AppState, envelope: &JobEnvelope) -> Result<(), StoreError> {
+    crate::locality::publish(&state.locality, state.stores.queue.as_ref(), envelope).await
 }
 
 /// Records the job (its audit row exists before anyone is told it was accepted), caches the
@@ -134,7 +141,7 @@ pub async fn accept(
         // Not fatal: GET falls back to Postgres, and the worker writes the outcome here later.
         tracing::warn!(job = %record.id, error = %e, "could not cache queued state");
     }
-    if let Err(e) = state.stores.queue.publish(&envelope(record, job)).await {
+    if let Err(e) = publish(state, &envelope(record, job)).await {
         // Never queued: say so in the record rather than leave a job queued forever.
         let mut failed = record.clone();
         failed.status = JobStatus::Failed;

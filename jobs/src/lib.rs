@@ -22,7 +22,7 @@ pub use batches::{
 };
 pub use error::StoreError;
 pub use queue::{
-    AmqpQueue, AmqpTopology, DeadLetter, Delivery, DeliveryAcker, JobConsumer, JobQueue,
-    MemoryQueue,
+    AmqpQueue, AmqpTopology, DEFAULT_WORKER_QUEUE_TTL, DeadLetter, Delivery, DeliveryAcker,
+    JobConsumer, JobQueue, MemoryQueue, WORKER_QUEUE_MAX_LENGTH,
 };
 pub use results::{MemoryResultStore, RedisResultStore, ResultStore};

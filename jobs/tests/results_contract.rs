@@ -104,13 +104,13 @@ async fn heartbeats_mark_live_workers(s: &dyn ResultStore) {
             .expect("live")
             .is_empty()
     );
-    s.heartbeat("worker-1").await.expect("beat");
-    s.heartbeat("worker-2").await.expect("beat");
+    s.heartbeat("worker-1", "model-a").await.expect("beat");
+    s.heartbeat("worker-2", "model-a").await.expect("beat");
     let mut live = s.live_workers(Duration::from_secs(10)).await.expect("live");
     live.sort();
     assert_eq!(live, vec!["worker-1".to_string(), "worker-2".to_string()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    s.heartbeat("worker-2").await.expect("beat");
+    s.heartbeat("worker-2", "model-a").await.expect("beat");
     let live = s
         .live_workers(Duration::from_millis(150))
         .await
@@ -120,6 +120,28 @@ async fn heartbeats_mark_live_workers(s: &dyn ResultStore) {
         vec!["worker-2".to_string()],
         "silent workers drop out"
     );
+}
+
+/// Locality routing asks for the live workers of one model; a worker that stops on purpose
+/// leaves at once.
+async fn live_workers_by_model(s: &dyn ResultStore) {
+    let within = Duration::from_secs(10);
+    s.heartbeat("w-b", "model-a").await.expect("beat");
+    s.heartbeat("w-a", "model-a").await.expect("beat");
+    s.heartbeat("w-c", "model-b").await.expect("beat");
+    let of = |m: &'static str| async move { s.live_model_workers(m, within).await.expect("live") };
+    assert_eq!(
+        of("model-a").await,
+        vec!["w-a".to_string(), "w-b".to_string()],
+        "sorted"
+    );
+    assert_eq!(of("model-b").await, vec!["w-c".to_string()]);
+    assert!(of("model-c").await.is_empty());
+    s.forget_worker("w-a", "model-a").await.expect("forget");
+    assert_eq!(of("model-a").await, vec!["w-b".to_string()]);
+    let mut all = s.live_workers(within).await.expect("live");
+    all.sort();
+    assert_eq!(all, vec!["w-b".to_string(), "w-c".to_string()]);
 }
 
 /// The TTL the entries_expire check relies on (Redis TTLs are whole seconds).
@@ -158,4 +180,5 @@ contract!(
     wait_times_out_on_unfinished,
     entries_expire,
     heartbeats_mark_live_workers,
+    live_workers_by_model,
 );

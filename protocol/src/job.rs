@@ -134,6 +134,10 @@ pub struct JobEnvelope {
     /// 1 for the first publication; the authoritative count of starts is the audit row's.
     pub attempt: u32,
     pub enqueued_at_ms: i64,
+    /// `locality_key` of the job: jobs that share it go to the same worker while it lives, so
+    /// that worker's prefix cache serves them. Absent in messages from older producers.
+    #[serde(default)]
+    pub locality: Option<u64>,
 }
 
 impl JobEnvelope {
@@ -149,6 +153,46 @@ impl JobEnvelope {
     pub fn prompt_tokens(&self) -> usize {
         self.prompts.iter().map(Vec::len).sum()
     }
+}
+
+/// Shorter shared prefixes are not worth steering for: they are cheap to recompute and would
+/// pin unrelated jobs to one worker.
+pub const LOCALITY_MIN_TOKENS: usize = 32;
+/// Only this much of the shared prefix is hashed, so jobs that share a long system prompt but
+/// differ further on still meet on one worker.
+pub const LOCALITY_MAX_TOKENS: usize = 128;
+
+/// The worker-affinity key of a job: a hash of the first `min(LCP, 128)` tokens, where LCP is
+/// the longest token prefix common to all its prompts (for a single prompt, the prompt less its
+/// last token, which is always computed afresh). `None` when that prefix is shorter than 32
+/// tokens. FNV-1a over the little-endian ids: stable across processes and releases, unlike
+/// std's randomly seeded hasher, because the API and every worker must agree on it.
+pub fn locality_key(job: &ScoreJob) -> Option<u64> {
+    let (first, rest) = job.prompts.split_first()?;
+    let mut common = if rest.is_empty() {
+        first.len().saturating_sub(1)
+    } else {
+        first.len()
+    };
+    for prompt in rest {
+        common = first[..common]
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    if common < LOCALITY_MIN_TOKENS {
+        return None;
+    }
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = first[..common.min(LOCALITY_MAX_TOKENS)]
+        .iter()
+        .flat_map(|t| t.to_le_bytes())
+        .fold(FNV_OFFSET, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+        });
+    Some(hash)
 }
 
 /// The full state of one job, as stored in Redis and in the Postgres audit table.
@@ -291,4 +335,63 @@ pub struct JobTimings {
     pub queue_ms: Option<i64>,
     /// Time spent in the engine for the batch that held this job.
     pub inference_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(prompts: Vec<Vec<u32>>) -> ScoreJob {
+        ScoreJob {
+            labels: vec![vec![1]; prompts.len()],
+            prompts,
+            apply_softmax: true,
+            temperature: 1.0,
+        }
+    }
+
+    fn seq(from: u32, n: u32) -> Vec<u32> {
+        (from..from + n).collect()
+    }
+
+    #[test]
+    fn key_is_the_shared_prefix_only() {
+        let query = seq(1000, 40);
+        let with = |tail: &[u32]| [query.as_slice(), tail].concat();
+        let a = job(vec![with(&[1, 2]), with(&[3])]);
+        let b = job(vec![with(&[7]), with(&[8, 9]), with(&[10])]);
+        assert!(locality_key(&a).is_some());
+        assert_eq!(
+            locality_key(&a),
+            locality_key(&b),
+            "same query, other items"
+        );
+        // One prompt: everything but its last token is the prefix.
+        assert_eq!(locality_key(&job(vec![with(&[5])])), locality_key(&a));
+        let other = job(vec![[seq(2000, 40), vec![1]].concat(), seq(2000, 41)]);
+        assert_ne!(locality_key(&other), locality_key(&a));
+    }
+
+    #[test]
+    fn short_prefixes_have_no_key() {
+        let n = LOCALITY_MIN_TOKENS as u32;
+        assert_eq!(locality_key(&job(vec![])), None);
+        assert_eq!(locality_key(&job(vec![seq(0, n)])), None, "31 + last");
+        assert!(locality_key(&job(vec![seq(0, n + 1)])).is_some());
+        let diverge = job(vec![seq(0, 100), [seq(0, n - 1), vec![0]].concat()]);
+        assert_eq!(locality_key(&diverge), None);
+    }
+
+    #[test]
+    fn only_the_first_128_tokens_count() {
+        let long = seq(0, 400);
+        let a = job(vec![long.clone(), [&long[..200], &[1, 2]].concat()]);
+        let b = job(vec![[&long[..LOCALITY_MAX_TOKENS], &[9, 9, 9]].concat()]);
+        assert_eq!(locality_key(&a), locality_key(&b));
+        // Fixed value: the key must not change between builds or processes.
+        assert_eq!(locality_key(&job(vec![seq(0, 33)])), Some(FNV_0_TO_31));
+    }
+
+    /// FNV-1a 64 of the little-endian bytes of 0..32 (computed independently in Python).
+    const FNV_0_TO_31: u64 = 0xf77b_12af_4e26_bfa5;
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 pub struct WorkerConfig {
     /// Shown in the audit row and in heartbeats.
     pub worker_id: String,
-    /// Unacknowledged messages the broker may hand this worker; bounds the batch size too.
+    /// Unacknowledged messages the broker may hand this worker from each queue it consumes (the
+    /// shared one and its own); bounds the batch size too.
     pub prefetch: u16,
     /// A batch closes once its prompts hold this many tokens (a single larger job runs alone).
     pub max_batch_tokens: usize,
@@ -14,6 +15,8 @@ pub struct WorkerConfig {
     /// Starts allowed per job (redeliveries after crashes count); past it the job fails and its
     /// message goes to the dead-letter queue.
     pub max_attempts: i32,
+    /// How often the worker says it is alive (Redis); the API counts a worker live for three of
+    /// these and steers jobs only to live workers.
     pub heartbeat_interval: Duration,
 }
 
@@ -29,7 +32,7 @@ impl Default for WorkerConfig {
             max_batch_tokens: 8192,
             max_wait: Duration::from_millis(5),
             max_attempts: 3,
-            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The worker: consume a model's queue, gather ready jobs into a batch, score them with the engine,
-//! store each result (Postgres audit row, then Redis with a completion notice), then acknowledge.
+//! The worker: consume a model's queue (and its own queue, where the API steers jobs that share a
+//! prefix with earlier ones), gather ready jobs into a batch, score them with the engine, store
+//! each result (Postgres audit row, then Redis with a completion notice), then acknowledge.
 //!
 //! Ordering is what makes redelivery safe: a message is acknowledged only after its outcome is
 //! stored, and storing is idempotent on the job id, so a crash anywhere means the job runs again
@@ -40,13 +41,20 @@ impl Worker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
         let model = self.model().to_string();
         self.queue.declare(&model).await?;
-        let mut consumer = self.queue.consume(&model, self.config.prefetch).await?;
-        let heartbeat = tokio::spawn(heartbeats(
+        let mut consumer = self
+            .queue
+            .consume_as(&model, &self.config.worker_id, self.config.prefetch)
+            .await?;
+        // Beats start once the worker's own queue is consumed: a beat is what makes the API
+        // steer jobs to it. Dropped with this future, so a worker that is torn down (aborted)
+        // falls silent like a crashed process would.
+        let mut heartbeat = AbortOnDrop(tokio::spawn(heartbeats(
             self.results.clone(),
             self.config.worker_id.clone(),
+            model.clone(),
             self.config.heartbeat_interval,
             shutdown.clone(),
-        ));
+        )));
         tracing::info!(worker = %self.config.worker_id, %model, "worker started");
         let mut carry = None;
         loop {
@@ -70,8 +78,17 @@ impl Worker {
                 tracing::debug!(error = %e, "requeue on shutdown");
             }
         }
+        // Leave the live set first, so the API stops steering jobs here; what is already in this
+        // worker's queue moves to the shared queue when its TTL runs out.
+        heartbeat.stop().await;
+        if let Err(e) = self
+            .results
+            .forget_worker(&self.config.worker_id, &model)
+            .await
+        {
+            tracing::warn!(error = %e, "could not leave the live worker set");
+        }
         consumer.close().await;
-        heartbeat.abort();
         tracing::info!(worker = %self.config.worker_id, "worker stopped");
         Ok(())
     }
@@ -82,9 +99,26 @@ async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts and waits, so no beat lands after this returns.
+    async fn stop(&mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn heartbeats(
     results: Arc<dyn ResultStore>,
     worker_id: String,
+    model: String,
     every: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -93,7 +127,7 @@ async fn heartbeats(
         tokio::select! {
             _ = wait_for_shutdown(&mut shutdown) => return,
             _ = tick.tick() => {
-                if let Err(e) = results.heartbeat(&worker_id).await {
+                if let Err(e) = results.heartbeat(&worker_id, &model).await {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
             }

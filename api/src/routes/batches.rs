@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::submit::{check_model, envelope, prepare};
+use crate::submit::{check_model, envelope, prepare, publish};
 use crate::{ApiError, AppState, auth};
 
 /// The only endpoint a line may name.
@@ -538,11 +538,11 @@ impl<'a> Ingest<'a> {
         &mut self,
         envelopes: Vec<scorer_protocol::job::JobEnvelope>,
     ) -> Result<(), ApiError> {
-        let queue = &self.state.stores.queue;
+        let state = &self.state;
         let published = envelopes.len() as u64;
         let outcomes: Vec<_> = futures::stream::iter(envelopes)
             .map(|env| async move {
-                let result = queue.publish(&env).await;
+                let result = publish(state, &env).await;
                 (env.job_id, result)
             })
             .buffer_unordered(PUBLISH_CONCURRENCY)

@@ -256,6 +256,11 @@ impl Harness {
             )
             .await
             .expect("connect for cleanup");
+            for w in &self.workers {
+                q.delete_worker_queue(MODEL, &w.id)
+                    .await
+                    .expect("cleanup worker queue");
+            }
             q.delete_model(MODEL).await.expect("cleanup queues");
             q.delete_exchanges().await.expect("cleanup exchanges");
         }

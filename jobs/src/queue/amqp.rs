@@ -1,5 +1,15 @@
 //! RabbitMQ topology (lapin): a direct exchange routing by model to one durable queue per model
 //! with `x-max-priority`, dead-lettering into a dead-letter exchange and a queue per model.
+//!
+//! Locality: each worker also has its own durable queue, `{prefix}.jobs.{model}.worker.{id}`,
+//! reached through the default exchange. It has a message TTL and dead-letters what expires to
+//! the jobs exchange under the model's routing key, i.e. into the shared queue every worker
+//! consumes. A job steered to a worker that died (or that is too busy to take it within the
+//! TTL) therefore runs elsewhere; unacknowledged messages of a dead worker are requeued by the
+//! broker with their original expiry, so they move on as well. Because that queue's
+//! dead-letter exchange leads back to the shared queue, a worker's explicit dead-lettering of a
+//! message from it republishes the message to the dead-letter exchange instead (see
+//! `AmqpAcker::dead_letter`).
 
 use std::time::Duration;
 
@@ -20,6 +30,15 @@ use super::{DeadLetter, Delivery, DeliveryAcker, JobConsumer, JobQueue, decode, 
 use crate::StoreError;
 
 const SERVICE: &str = "rabbitmq";
+
+/// Default time a job waits in its worker's queue before any worker may take it.
+pub const DEFAULT_WORKER_QUEUE_TTL: Duration = Duration::from_secs(5);
+const WORKER_QUEUE_IDLE_TTLS: i64 = 20;
+/// Ready messages a worker queue holds before the broker refuses more (the publisher then uses
+/// the shared queue). Keeps what the queue bound and the batch high-water mark cannot see, which
+/// count the shared queue only, to this much per worker.
+pub const WORKER_QUEUE_MAX_LENGTH: i64 = 1_000;
+const WORKER_QUEUE_MIN_IDLE_MS: i64 = 60_000;
 
 /// Names of the exchanges and queues. The prefix lets several deployments (or tests) share a
 /// broker without seeing each other's jobs.
@@ -51,6 +70,46 @@ impl AmqpTopology {
 
     pub fn dead_letter_queue(&self, model: &str) -> String {
         format!("{}.dead.{model}", self.prefix)
+    }
+
+    /// One worker's own queue of a model (published to through the default exchange).
+    pub fn worker_queue(&self, model: &str, worker: &str) -> String {
+        format!("{}.jobs.{model}.worker.{worker}", self.prefix)
+    }
+
+    /// What is not taken from a worker's queue within `ttl` moves to the model's shared queue.
+    /// The queue itself goes away once unused (no consumer) for `WORKER_QUEUE_IDLE_TTLS` TTLs,
+    /// and never sooner than a minute: by then everything in it has expired and moved on, since
+    /// RabbitMQ drops, not dead-letters, the messages of a deleted queue.
+    fn worker_queue_arguments(&self, model: &str, ttl: Duration) -> FieldTable {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let idle_ms = ttl_ms
+            .saturating_mul(WORKER_QUEUE_IDLE_TTLS)
+            .max(WORKER_QUEUE_MIN_IDLE_MS);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-max-priority".into(),
+            AMQPValue::ShortShortUInt(JobPriority::MAX_AMQP),
+        );
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(idle_ms));
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(WORKER_QUEUE_MAX_LENGTH),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.exchange().into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(model.into()),
+        );
+        args
     }
 
     fn queue_arguments(&self) -> FieldTable {
@@ -90,6 +149,8 @@ pub struct AmqpQueue {
     /// How many connection attempts one publish makes before answering "unavailable", so a
     /// request fails in bounded time while the broker is down.
     publish_attempts: u32,
+    /// Message TTL of the worker queues this process declares (`consume_as`).
+    worker_queue_ttl: Duration,
     link: Mutex<Option<Link>>,
 }
 
@@ -128,6 +189,34 @@ async fn declare_exchanges(channel: &Channel, topology: &AmqpTopology) -> Result
             .map_err(|e| StoreError::unavailable(SERVICE, e))?;
     }
     Ok(())
+}
+
+/// Declares (idempotently) a worker's own queue; the model's queues must exist already.
+async fn declare_worker_queue(
+    channel: &Channel,
+    topology: &AmqpTopology,
+    model: &str,
+    worker: &str,
+    ttl: Duration,
+) -> Result<String, StoreError> {
+    let name = topology.worker_queue(model, worker);
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::durable(),
+            topology.worker_queue_arguments(model, ttl),
+        )
+        .await
+        .map_err(|e| {
+            StoreError::unavailable(
+                SERVICE,
+                format!(
+                    "declaring worker queue {name} (a queue left by a worker of the same id with \
+                     another TTL must be deleted first): {e}"
+                ),
+            )
+        })?;
+    Ok(name)
 }
 
 /// Declares (idempotently) everything a model's jobs pass through; returns the ready count.
@@ -190,6 +279,7 @@ impl AmqpQueue {
                 max: Duration::from_secs(5),
             },
             publish_attempts: 4,
+            worker_queue_ttl: DEFAULT_WORKER_QUEUE_TTL,
             link: Mutex::new(None),
         };
         let channel = queue.channel().await?;
@@ -199,6 +289,14 @@ impl AmqpQueue {
 
     pub fn topology(&self) -> &AmqpTopology {
         &self.topology
+    }
+
+    /// How long a job waits in its worker's queue before it moves to the shared queue. A worker
+    /// queue keeps the TTL it was first declared with; a worker restarted under the same id with
+    /// another TTL fails to declare it until the old queue is gone.
+    pub fn with_worker_queue_ttl(mut self, ttl: Duration) -> Self {
+        self.worker_queue_ttl = ttl;
+        self
     }
 
     /// The publishing channel, reconnecting with backoff if the last one died.
@@ -251,6 +349,19 @@ impl AmqpQueue {
         Ok(())
     }
 
+    /// Remove one worker's queue with whatever it holds (tests, decommission).
+    pub async fn delete_worker_queue(&self, model: &str, worker: &str) -> Result<(), StoreError> {
+        let channel = self.channel().await?;
+        channel
+            .queue_delete(
+                self.topology.worker_queue(model, worker).as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| StoreError::unavailable(SERVICE, e))
+    }
+
     /// Remove this topology's exchanges (tests, decommission); queues go with `delete_model`.
     pub async fn delete_exchanges(&self) -> Result<(), StoreError> {
         let channel = self.channel().await?;
@@ -272,12 +383,12 @@ impl AmqpQueue {
 
     async fn publish_once(
         &self,
-        model: &str,
+        route: &Route,
         job_id: Option<Uuid>,
         priority: JobPriority,
         body: &[u8],
-    ) -> Result<(), StoreError> {
-        let channel = self.channel().await?;
+    ) -> Result<(), Refusal> {
+        let channel = self.channel().await.map_err(Refusal::Other)?;
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_priority(priority.amqp())
@@ -286,36 +397,87 @@ impl AmqpQueue {
         if let Some(id) = job_id {
             props = props.with_message_id(id.to_string().as_str().into());
         }
-        let confirm = channel
-            .basic_publish(
-                self.topology.exchange().as_str().into(),
-                model.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props,
-            )
-            .await
-            .map_err(|e| StoreError::unavailable(SERVICE, e))?;
-        let confirmation = confirm
-            .await
-            .map_err(|e| StoreError::unavailable(SERVICE, e))?;
-        if confirmation.is_nack() {
-            return Err(StoreError::unavailable(
-                SERVICE,
-                "broker refused the message (nack)",
-            ));
-        }
-        if confirmation.take_message().is_some() {
-            return Err(StoreError::unavailable(
-                SERVICE,
-                format!("no queue bound for model {model:?}; the message was returned"),
-            ));
-        }
-        Ok(())
+        confirmed_publish(&channel, &route.exchange, &route.routing_key, body, props).await
     }
+
+    /// Publishes, and once more on a fresh channel if that fails (the channel may have died
+    /// since its last use). An unroutable message is not retried: the broker answered.
+    async fn publish_with_retry(
+        &self,
+        route: &Route,
+        job_id: Option<Uuid>,
+        priority: JobPriority,
+        body: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut result = self.publish_once(route, job_id, priority, body).await;
+        // Returned or nacked: the broker answered, and would answer the same again.
+        if let Err(Refusal::Other(first)) = &result {
+            tracing::warn!(error = %first, "publish failed; reconnecting");
+            self.forget_link().await;
+            result = self.publish_once(route, job_id, priority, body).await;
+        }
+        result.map_err(|e| match e {
+            Refusal::Returned => StoreError::unavailable(
+                SERVICE,
+                format!("no queue for {}; the message was returned", route.what),
+            ),
+            Refusal::Nacked => StoreError::unavailable(
+                SERVICE,
+                format!(
+                    "the broker refused the message for {} (nack; full?)",
+                    route.what
+                ),
+            ),
+            Refusal::Other(e) => e,
+        })
+    }
+}
+
+/// Where a publication goes, and how to name it in an error.
+struct Route {
+    exchange: String,
+    routing_key: String,
+    what: String,
+}
+
+enum Refusal {
+    /// Unroutable: no queue matched (the broker returned the mandatory message).
+    Returned,
+    /// Refused (a worker queue at its length limit, or a broker-side failure).
+    Nacked,
+    Other(StoreError),
+}
+
+/// A mandatory publish that returns only once the broker has confirmed it.
+async fn confirmed_publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), Refusal> {
+    let err = |e: lapin::Error| Refusal::Other(StoreError::unavailable(SERVICE, e));
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            props,
+        )
+        .await
+        .map_err(err)?;
+    let confirmation = confirm.await.map_err(err)?;
+    if confirmation.is_nack() {
+        return Err(Refusal::Nacked);
+    }
+    if confirmation.take_message().is_some() {
+        return Err(Refusal::Returned);
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -345,15 +507,51 @@ impl JobQueue for AmqpQueue {
         priority: JobPriority,
         body: Vec<u8>,
     ) -> Result<(), StoreError> {
-        match self.publish_once(model, job_id, priority, &body).await {
-            Ok(()) => Ok(()),
-            Err(first) => {
-                // The channel may have died since its last use: one more try on a fresh one.
-                tracing::warn!(error = %first, "publish failed; reconnecting");
-                self.forget_link().await;
-                self.publish_once(model, job_id, priority, &body).await
-            }
-        }
+        let route = Route {
+            exchange: self.topology.exchange(),
+            routing_key: model.to_string(),
+            what: format!("model {model:?}"),
+        };
+        self.publish_with_retry(&route, job_id, priority, &body)
+            .await
+    }
+
+    fn has_worker_queues(&self) -> bool {
+        true
+    }
+
+    async fn publish_to_worker(
+        &self,
+        envelope: &JobEnvelope,
+        worker: &str,
+    ) -> Result<(), StoreError> {
+        let body = encode(envelope)?;
+        let queue = self.topology.worker_queue(&envelope.model, worker);
+        let route = Route {
+            // The default exchange routes by queue name: no binding to keep per worker.
+            exchange: String::new(),
+            what: format!("worker {worker:?} (queue {queue})"),
+            routing_key: queue,
+        };
+        self.publish_with_retry(&route, Some(envelope.job_id), envelope.priority, &body)
+            .await
+    }
+
+    async fn consume_as(
+        &self,
+        model: &str,
+        worker: &str,
+        prefetch: u16,
+    ) -> Result<Box<dyn JobConsumer>, StoreError> {
+        self.open_consumer(
+            model,
+            Some(OwnQueue {
+                worker: worker.to_string(),
+                ttl: self.worker_queue_ttl,
+            }),
+            prefetch,
+        )
+        .await
     }
 
     async fn consume(
@@ -361,18 +559,7 @@ impl JobQueue for AmqpQueue {
         model: &str,
         prefetch: u16,
     ) -> Result<Box<dyn JobConsumer>, StoreError> {
-        let mut consumer = AmqpConsumer {
-            url: self.url.clone(),
-            topology: self.topology.clone(),
-            model: model.to_string(),
-            prefetch: prefetch.max(1),
-            backoff: self.backoff,
-            live: None,
-            closed: false,
-        };
-        // Connect now so a misconfigured worker fails at startup instead of looping.
-        consumer.open().await?;
-        Ok(Box::new(consumer))
+        self.open_consumer(model, None, prefetch).await
     }
 
     async fn depth(&self, model: &str) -> Result<u64, StoreError> {
@@ -411,6 +598,29 @@ impl JobQueue for AmqpQueue {
     }
 }
 
+impl AmqpQueue {
+    async fn open_consumer(
+        &self,
+        model: &str,
+        own: Option<OwnQueue>,
+        prefetch: u16,
+    ) -> Result<Box<dyn JobConsumer>, StoreError> {
+        let mut consumer = AmqpConsumer {
+            url: self.url.clone(),
+            topology: self.topology.clone(),
+            model: model.to_string(),
+            own,
+            prefetch: prefetch.max(1),
+            backoff: self.backoff,
+            live: None,
+            closed: false,
+        };
+        // Connect now so a misconfigured worker fails at startup instead of looping.
+        consumer.open().await?;
+        Ok(Box::new(consumer))
+    }
+}
+
 fn message_job_id(props: &BasicProperties) -> Option<Uuid> {
     props
         .message_id()
@@ -422,16 +632,42 @@ struct AmqpConsumer {
     url: String,
     topology: AmqpTopology,
     model: String,
+    /// The worker queue consumed beside the shared one, if any.
+    own: Option<OwnQueue>,
     prefetch: u16,
     backoff: Backoff,
     live: Option<LiveConsumer>,
     closed: bool,
 }
 
+struct OwnQueue {
+    worker: String,
+    ttl: Duration,
+}
+
 struct LiveConsumer {
     connection: Connection,
     channel: Channel,
+    shared: lapin::Consumer,
+    own: Option<LiveOwn>,
+}
+
+struct LiveOwn {
     consumer: lapin::Consumer,
+    /// Confirm-mode channel on the same connection, for dead-lettering by republication.
+    republish: Channel,
+}
+
+async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consumer, StoreError> {
+    channel
+        .basic_consume(
+            queue.into(),
+            format!("scorer-{}", Uuid::new_v4()).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| StoreError::unavailable(SERVICE, e))
 }
 
 impl AmqpConsumer {
@@ -439,23 +675,39 @@ impl AmqpConsumer {
         let (connection, channel) = connect(&self.url, "scorer-worker").await?;
         let err = |e: lapin::Error| StoreError::unavailable(SERVICE, e);
         declare_model(&channel, &self.topology, &self.model).await?;
+        // Per consumer (not global, which RabbitMQ deprecates): each queue gets its own window.
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(err)?;
-        let consumer = channel
-            .basic_consume(
-                self.topology.queue(&self.model).as_str().into(),
-                format!("scorer-{}", Uuid::new_v4()).as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err)?;
+        let own = match &self.own {
+            Some(own) => {
+                let queue = declare_worker_queue(
+                    &channel,
+                    &self.topology,
+                    &self.model,
+                    &own.worker,
+                    own.ttl,
+                )
+                .await?;
+                let republish = connection.create_channel().await.map_err(err)?;
+                republish
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(err)?;
+                Some(LiveOwn {
+                    consumer: start_consumer(&channel, &queue).await?,
+                    republish,
+                })
+            }
+            None => None,
+        };
+        let shared = start_consumer(&channel, &self.topology.queue(&self.model)).await?;
         self.live = Some(LiveConsumer {
             connection,
             channel,
-            consumer,
+            shared,
+            own,
         });
         Ok(())
     }
@@ -492,14 +744,33 @@ impl JobConsumer for AmqpConsumer {
                 self.reopen().await;
                 continue;
             };
-            match live.consumer.next().await {
+            // Both queues at once, neither preferred: a worker draining its own queue must not
+            // sit on prefetched shared messages that other workers could run.
+            let (next, republish) = match live.own.as_mut() {
+                None => (live.shared.next().await, None),
+                Some(own) => tokio::select! {
+                    d = live.shared.next() => (d, None),
+                    d = own.consumer.next() => (d, Some(own.republish.clone())),
+                },
+            };
+            match next {
                 Some(Ok(delivery)) => {
+                    let envelope = decode(&delivery.data);
+                    let job_id = message_job_id(&delivery.properties);
+                    let reroute = republish.map(|channel| Reroute {
+                        channel,
+                        exchange: self.topology.dead_letter_exchange(),
+                        routing_key: self.model.clone(),
+                        properties: delivery.properties,
+                        body: delivery.data,
+                    });
                     return Ok(Some(Delivery {
-                        envelope: decode(&delivery.data),
-                        job_id: message_job_id(&delivery.properties),
+                        envelope,
+                        job_id,
                         redelivered: delivery.redelivered,
                         acker: Box::new(AmqpAcker {
                             acker: delivery.acker,
+                            reroute,
                         }),
                     }));
                 }
@@ -518,13 +789,15 @@ impl JobConsumer for AmqpConsumer {
     async fn close(mut self: Box<Self>) {
         self.closed = true;
         if let Some(live) = self.live.take() {
-            let tag = live.consumer.tag();
-            if let Err(e) = live
-                .channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                tracing::debug!(error = %e, "basic.cancel on close");
+            let own = live.own.as_ref().map(|o| o.consumer.tag());
+            for tag in std::iter::once(live.shared.tag()).chain(own) {
+                if let Err(e) = live
+                    .channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::debug!(error = %e, "basic.cancel on close");
+                }
             }
             if let Err(e) = live.connection.close(200, "OK".into()).await {
                 tracing::debug!(error = %e, "connection close");
@@ -535,6 +808,38 @@ impl JobConsumer for AmqpConsumer {
 
 struct AmqpAcker {
     acker: lapin::Acker,
+    /// Set for deliveries from a worker queue, whose own dead-letter exchange leads back to the
+    /// shared queue: dead-lettering those means publishing them to the real one.
+    reroute: Option<Reroute>,
+}
+
+struct Reroute {
+    channel: Channel,
+    exchange: String,
+    routing_key: String,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+impl Reroute {
+    async fn publish(&self) -> Result<(), StoreError> {
+        confirmed_publish(
+            &self.channel,
+            &self.exchange,
+            &self.routing_key,
+            &self.body,
+            self.properties.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            Refusal::Returned => StoreError::unavailable(
+                SERVICE,
+                format!("no dead-letter queue bound for {:?}", self.routing_key),
+            ),
+            Refusal::Nacked => StoreError::unavailable(SERVICE, "dead-letter publish nacked"),
+            Refusal::Other(e) => e,
+        })
+    }
 }
 
 #[async_trait]
@@ -559,6 +864,18 @@ impl DeliveryAcker for AmqpAcker {
     }
 
     async fn dead_letter(&self) -> Result<(), StoreError> {
+        if let Some(reroute) = &self.reroute {
+            // Confirmed in the dead-letter queue before the original goes: a crash in between
+            // leaves a copy in both, and the redelivered one finds its job already terminal.
+            match reroute.publish().await {
+                Ok(()) => return self.ack().await,
+                Err(e) => {
+                    // Rejected below, it reaches the shared queue, where the next worker to see
+                    // it settles it again (a poison message is dead-lettered from there).
+                    tracing::warn!(error = %e, "republishing to the dead-letter queue failed");
+                }
+            }
+        }
         // With requeue=false the broker routes the message to the queue's dead-letter exchange.
         self.acker
             .nack(BasicNackOptions {

@@ -1,9 +1,10 @@
-//! The job queue: a durable per-model priority queue with acknowledgements and a dead-letter queue.
+//! The job queue: a durable per-model priority queue with acknowledgements and a dead-letter queue,
+//! and (RabbitMQ) one queue per worker for jobs steered there by their locality key.
 
 mod amqp;
 mod memory;
 
-pub use amqp::{AmqpQueue, AmqpTopology};
+pub use amqp::{AmqpQueue, AmqpTopology, DEFAULT_WORKER_QUEUE_TTL, WORKER_QUEUE_MAX_LENGTH};
 pub use memory::MemoryQueue;
 
 use async_trait::async_trait;
@@ -34,6 +35,36 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Start consuming a model's queue with at most `prefetch` unacknowledged deliveries.
     async fn consume(&self, model: &str, prefetch: u16)
     -> Result<Box<dyn JobConsumer>, StoreError>;
+
+    /// Whether `publish_to_worker` really reaches one worker. When false it is `publish`, and
+    /// there is no point in choosing a worker.
+    fn has_worker_queues(&self) -> bool {
+        false
+    }
+
+    /// Publish a job to one worker's own queue (see `consume_as`). Fails, without falling back,
+    /// when that queue does not exist; the caller then publishes to the shared queue. A message
+    /// its worker does not take in time moves to the shared queue by itself.
+    async fn publish_to_worker(
+        &self,
+        envelope: &JobEnvelope,
+        worker: &str,
+    ) -> Result<(), StoreError> {
+        let _ = worker;
+        self.publish(envelope).await
+    }
+
+    /// Like `consume`, and also consume `worker`'s own queue (declared here), so jobs published
+    /// to it with `publish_to_worker` reach this consumer. `prefetch` applies to each queue.
+    async fn consume_as(
+        &self,
+        model: &str,
+        worker: &str,
+        prefetch: u16,
+    ) -> Result<Box<dyn JobConsumer>, StoreError> {
+        let _ = worker;
+        self.consume(model, prefetch).await
+    }
 
     /// Messages waiting (not yet delivered) in a model's queue.
     async fn depth(&self, model: &str) -> Result<u64, StoreError>;

@@ -27,7 +27,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     records: HashMap<Uuid, (JobRecord, Instant)>,
-    heartbeats: HashMap<String, Instant>,
+    /// Last beat of each worker, and the model it serves.
+    heartbeats: HashMap<String, (String, Instant)>,
     puts_since_sweep: usize,
 }
 
@@ -45,6 +46,19 @@ impl MemoryResultStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Workers heard from within `within` whose model passes `serves`, sorted.
+    fn live(&self, within: Duration, serves: impl Fn(&str) -> bool) -> Vec<String> {
+        let state = self.lock();
+        let mut live: Vec<String> = state
+            .heartbeats
+            .iter()
+            .filter(|(_, (model, at))| at.elapsed() <= within && serves(model))
+            .map(|(w, _)| w.clone())
+            .collect();
+        live.sort();
+        live
     }
 
     fn lookup(&self, id: Uuid) -> Option<JobRecord> {
@@ -112,23 +126,28 @@ impl ResultStore for MemoryResultStore {
         }
     }
 
-    async fn heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+    async fn heartbeat(&self, worker: &str, model: &str) -> Result<(), StoreError> {
         self.lock()
             .heartbeats
-            .insert(worker.to_string(), Instant::now());
+            .insert(worker.to_string(), (model.to_string(), Instant::now()));
         Ok(())
     }
 
     async fn live_workers(&self, within: Duration) -> Result<Vec<String>, StoreError> {
-        let state = self.lock();
-        let mut live: Vec<String> = state
-            .heartbeats
-            .iter()
-            .filter(|(_, at)| at.elapsed() <= within)
-            .map(|(w, _)| w.clone())
-            .collect();
-        live.sort();
-        Ok(live)
+        Ok(self.live(within, |_| true))
+    }
+
+    async fn live_model_workers(
+        &self,
+        model: &str,
+        within: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self.live(within, |m| m == model))
+    }
+
+    async fn forget_worker(&self, worker: &str, _model: &str) -> Result<(), StoreError> {
+        self.lock().heartbeats.remove(worker);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -31,11 +31,22 @@ pub trait ResultStore: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<Option<JobRecord>, StoreError>;
 
-    /// Record that `worker` is alive now.
-    async fn heartbeat(&self, worker: &str) -> Result<(), StoreError>;
+    /// Record that `worker`, serving `model`, is alive now.
+    async fn heartbeat(&self, worker: &str, model: &str) -> Result<(), StoreError>;
 
     /// Workers heard from within `within`.
     async fn live_workers(&self, within: Duration) -> Result<Vec<String>, StoreError>;
+
+    /// Workers of `model` heard from within `within`, sorted (the candidates for locality
+    /// routing).
+    async fn live_model_workers(
+        &self,
+        model: &str,
+        within: Duration,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// `worker` stopped on purpose: it is no longer live, so no more jobs are steered to it.
+    async fn forget_worker(&self, worker: &str, model: &str) -> Result<(), StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,6 +1,7 @@
 //! Redis result store: `{prefix}:job:{id}` holds the job as JSON with a TTL; a terminal state is
 //! announced on `{prefix}:done:{id}`; heartbeats are a sorted set `{prefix}:workers` scored by
-//! the time each worker was last heard from.
+//! the time each worker was last heard from, and the same per model in
+//! `{prefix}:workers:{model}`.
 
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ impl RedisResultStore {
 
     fn workers_key(&self) -> String {
         format!("{}:workers", self.prefix)
+    }
+
+    fn model_workers_key(&self, model: &str) -> String {
+        format!("{}:workers:{model}", self.prefix)
     }
 
     fn decode(raw: Option<String>) -> Result<Option<JobRecord>, StoreError> {
@@ -129,16 +134,17 @@ impl ResultStore for RedisResultStore {
         }
     }
 
-    async fn heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+    async fn heartbeat(&self, worker: &str, model: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let key = self.workers_key();
         let now = now_ms();
         let mut pipe = redis::pipe();
-        pipe.zadd(&key, worker, now)
-            .ignore()
-            // Forget workers silent for an hour so the set does not grow forever.
-            .zrembyscore(&key, 0, now - 3_600_000)
-            .ignore();
+        for key in [self.workers_key(), self.model_workers_key(model)] {
+            pipe.zadd(&key, worker, now)
+                .ignore()
+                // Forget workers silent for an hour so the set does not grow forever.
+                .zrembyscore(&key, 0, now - 3_600_000)
+                .ignore();
+        }
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -148,6 +154,31 @@ impl ResultStore for RedisResultStore {
         conn.zrangebyscore(self.workers_key(), since, "+inf")
             .await
             .map_err(unavailable)
+    }
+
+    async fn live_model_workers(
+        &self,
+        model: &str,
+        within: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let since = now_ms() - within.as_millis() as i64;
+        let mut live: Vec<String> = conn
+            .zrangebyscore(self.model_workers_key(model), since, "+inf")
+            .await
+            .map_err(unavailable)?;
+        live.sort();
+        Ok(live)
+    }
+
+    async fn forget_worker(&self, worker: &str, model: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.workers_key(), worker)
+            .ignore()
+            .zrem(self.model_workers_key(model), worker)
+            .ignore();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

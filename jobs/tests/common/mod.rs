@@ -36,5 +36,6 @@ pub fn envelope(model: &str, priority: JobPriority, tokens: Vec<u32>) -> JobEnve
         temperature: 1.0,
         attempt: 1,
         enqueued_at_ms: chrono::Utc::now().timestamp_millis(),
+        locality: None,
     }
 }
