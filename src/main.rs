@@ -137,6 +137,12 @@ struct ServiceArgs {
     /// API keys as KEY=TENANT, comma-separated (unset: no authentication, one tenant).
     #[arg(long, env = "SCORER_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
+    /// Starts a job is allowed (redeliveries after worker crashes count) before it fails.
+    #[arg(long, env = "SCORER_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: i32,
+    /// Seconds a worker's forward pass may run; past them its jobs are requeued once, then fail.
+    #[arg(long, env = "SCORER_JOB_RUN_TIMEOUT", default_value_t = 300)]
+    job_run_timeout: u64,
 }
 
 impl ServiceArgs {
@@ -157,6 +163,13 @@ impl ServiceArgs {
         cfg.limits.max_prompt_tokens = engine.limits.max_prompt_tokens;
         cfg.limits.max_request_tokens = engine.limits.max_request_tokens;
         cfg.worker.max_batch_tokens = engine.max_batch_tokens;
+        anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            self.job_run_timeout >= 1,
+            "--job-run-timeout must be at least 1 s"
+        );
+        cfg.worker.max_attempts = self.max_attempts;
+        cfg.worker.run_timeout = Duration::from_secs(self.job_run_timeout);
         for pair in &self.api_keys {
             let (key, tenant) = pair
                 .split_once('=')
