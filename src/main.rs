@@ -152,6 +152,12 @@ struct ServiceArgs {
     /// declare their queue with it).
     #[arg(long, env = "SCORER_WORKER_QUEUE_TTL_MS", default_value_t = 5_000)]
     worker_queue_ttl_ms: u64,
+    /// Starts a job is allowed (redeliveries after worker crashes count) before it fails.
+    #[arg(long, env = "SCORER_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: i32,
+    /// Seconds a worker's forward pass may run; past them its jobs are requeued once, then fail.
+    #[arg(long, env = "SCORER_JOB_RUN_TIMEOUT", default_value_t = 300)]
+    job_run_timeout: u64,
 }
 
 impl ServiceArgs {
@@ -174,6 +180,13 @@ impl ServiceArgs {
         cfg.worker.max_batch_tokens = engine.max_batch_tokens;
         cfg.locality.enabled = self.locality;
         cfg.locality.worker_queue_ttl = Duration::from_millis(self.worker_queue_ttl_ms.max(1));
+        anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            self.job_run_timeout >= 1,
+            "--job-run-timeout must be at least 1 s"
+        );
+        cfg.worker.max_attempts = self.max_attempts;
+        cfg.worker.run_timeout = Duration::from_secs(self.job_run_timeout);
         for pair in &self.api_keys {
             let (key, tenant) = pair
                 .split_once('=')

@@ -1,5 +1,6 @@
-//! Failure handling end to end: a worker killed mid-job, a poison message, and readiness while a
-//! dependency is down (cut off by stopping a TCP proxy in front of the real service).
+//! Failure handling end to end: a worker killed mid-job, a poison message, a pass past the run
+//! time limit, and readiness while a dependency is down (cut off by stopping a TCP proxy in
+//! front of the real service).
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use common::{Backing, Harness, MODEL, assert_same_scores, database_url, direct};
 use reqwest::StatusCode;
-use scorer_jobs::PostgresAuditStore;
+use scorer_jobs::{DeadLetter, PostgresAuditStore};
 use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,18 +97,65 @@ async fn over_attempt_is_dead_lettered(backing: Backing) {
             .contains("gave up after 1 attempts"),
         "{failed}"
     );
+    let dead = wait_dead_letter(&h).await;
+    assert_eq!(dead.job_id.map(|u| u.to_string()), Some(id));
+    h.finish().await;
+}
+
+/// The next message of the model's dead-letter queue (panics if none arrives within 10 s).
+async fn wait_dead_letter(h: &Harness) -> DeadLetter {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let dead = loop {
+    loop {
         if let Some(d) = h.stores.queue.pop_dead_letter(MODEL).await.expect("pop") {
-            break d;
+            return d;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "dead letter arrives"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(dead.job_id.map(|u| u.to_string()), Some(id));
+    }
+}
+
+/// A job whose forward pass runs past the run time limit is published again once, then fails
+/// and is dead-lettered. A 1 ms limit makes every pass of the real engine too slow.
+async fn past_run_limit_is_requeued_once_then_failed(backing: Backing) {
+    let mut h = Harness::start(backing, |c| {
+        c.worker.run_timeout = Duration::from_millis(1);
+    })
+    .await;
+    h.start_worker();
+    let (status, _, job) = h.post("/v1/score/jobs", &long_body()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+    let failed = h.wait_terminal(&id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .expect("error")
+            .contains("ran past the run time limit of 1ms 2 times"),
+        "{failed}"
+    );
+    assert_eq!(failed["attempts"], 2, "one run, one rerun: {failed}");
+    assert!(failed["result"].is_null(), "{failed}");
+    let dead = wait_dead_letter(&h).await;
+    assert_eq!(dead.job_id.map(|u| u.to_string()), Some(id.clone()));
+    let envelope = scorer_jobs::queue::decode(&dead.body).expect("an envelope");
+    assert_eq!(envelope.attempt, 2, "the second publication was the last");
+    // Only the one message went to the dead-letter queue: the first run was requeued.
+    assert!(
+        h.stores
+            .queue
+            .pop_dead_letter(MODEL)
+            .await
+            .expect("pop")
+            .is_none()
+    );
+    let uuid = uuid::Uuid::parse_str(&id).expect("uuid");
+    let row = h.stores.audit.get(uuid).await.expect("audit").expect("row");
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(row.attempts, 2);
     h.finish().await;
 }
 
@@ -143,17 +191,7 @@ async fn poison_message_is_dead_lettered(backing: Backing) {
             .contains("could not be decoded"),
         "{failed}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let dead = loop {
-        if let Some(d) = h.stores.queue.pop_dead_letter(MODEL).await.expect("pop") {
-            break d;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dead letter arrives"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead = wait_dead_letter(&h).await;
     assert_eq!(dead.job_id, Some(record.id));
     assert_eq!(dead.body, b"\x93not an envelope");
     // The worker carries on with good work.
@@ -292,4 +330,5 @@ on_both!(
     worker_killed_mid_job,
     over_attempt_is_dead_lettered,
     poison_message_is_dead_lettered,
+    past_run_limit_is_requeued_once_then_failed,
 );

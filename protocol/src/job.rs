@@ -131,7 +131,9 @@ pub struct JobEnvelope {
     pub labels: Vec<Vec<u32>>,
     pub apply_softmax: bool,
     pub temperature: f64,
-    /// 1 for the first publication; the authoritative count of starts is the audit row's.
+    /// Which publication of the job this is: 1 from the API, raised when a worker publishes it
+    /// again after its pass ran past the run time limit. Redeliveries after crashes keep it; the
+    /// authoritative count of starts is the audit row's.
     pub attempt: u32,
     pub enqueued_at_ms: i64,
     /// `locality_key` of the job: jobs that share it go to the same worker while it lives, so

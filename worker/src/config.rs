@@ -15,10 +15,16 @@ pub struct WorkerConfig {
     /// Starts allowed per job (redeliveries after crashes count); past it the job fails and its
     /// message goes to the dead-letter queue.
     pub max_attempts: i32,
+    /// Longest a batch's forward pass may run. Past it every job of the batch is published
+    /// again once ([`RUN_TIMEOUT_REQUEUES`]); a job that runs past it again fails.
+    pub run_timeout: Duration,
     /// How often the worker says it is alive (Redis); the API counts a worker live for three of
     /// these and steers jobs only to live workers.
     pub heartbeat_interval: Duration,
 }
+
+/// How many times a job that ran past `run_timeout` is published again before it fails.
+pub const RUN_TIMEOUT_REQUEUES: u32 = 1;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -32,6 +38,9 @@ impl Default for WorkerConfig {
             max_batch_tokens: 8192,
             max_wait: Duration::from_millis(5),
             max_attempts: 3,
+            // A full 8,192-token batch of the default model takes about a minute on a 2-core
+            // CPU; five leaves room for a busy machine while still catching a wedged pass.
+            run_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(1),
         }
     }

@@ -10,7 +10,7 @@ mod batch;
 mod config;
 mod process;
 
-pub use config::WorkerConfig;
+pub use config::{RUN_TIMEOUT_REQUEUES, WorkerConfig};
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use scorer_jobs::{Delivery, StartOutcome, StoreError};
 use scorer_protocol::ScoreResponse;
 use scorer_protocol::job::{JobEnvelope, JobKind, JobRecord, JobStatus, now_millis};
 
-use crate::Worker;
+use crate::{RUN_TIMEOUT_REQUEUES, Worker};
 
 /// A delivery that passed the checks and is now `running` in the audit store.
 struct Runnable {
@@ -30,7 +30,25 @@ pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
     let jobs: Vec<_> = runnable.iter().map(|r| r.envelope.score_job()).collect();
     let backend = worker.backend.clone();
     let started = Instant::now();
-    let outputs = tokio::task::spawn_blocking(move || backend.score_batch(&jobs)).await;
+    let mut scoring = tokio::task::spawn_blocking(move || backend.score_batch(&jobs));
+    let outputs = match tokio::time::timeout(worker.config.run_timeout, &mut scoring).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            metrics::counter!("scorer_worker_run_timeouts_total").increment(1);
+            tracing::warn!(
+                jobs = runnable.len(),
+                limit = ?worker.config.run_timeout,
+                "forward pass ran past the run time limit"
+            );
+            for r in runnable {
+                ran_too_long(worker, r).await;
+            }
+            // A pass cannot be interrupted. Until it ends the engine can run nothing else, so
+            // taking the next batch now would only start its clock while it waits.
+            let _ = scoring.await;
+            return;
+        }
+    };
     let inference_ms = started.elapsed().as_millis() as i64;
     metrics::histogram!("scorer_worker_inference_seconds").record(started.elapsed().as_secs_f64());
     let outputs = match outputs {
@@ -76,6 +94,39 @@ pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
         }
         settle(worker, &r.delivery, &record, Ack::Ack).await;
     }
+}
+
+/// A job whose pass ran past the limit: published again (with its publication count raised,
+/// then the original acknowledged) the first time, failed and dead-lettered after that. Whether
+/// it was the job or its batch-mates that made the pass slow cannot be told apart, so every job
+/// of the batch is charged.
+async fn ran_too_long(worker: &Worker, r: Runnable) {
+    let limit = worker.config.run_timeout;
+    if r.envelope.attempt <= RUN_TIMEOUT_REQUEUES {
+        let mut again = r.envelope;
+        again.attempt += 1;
+        match worker.queue.publish(&again).await {
+            Ok(()) => {
+                tracing::warn!(job = %again.job_id, ?limit, "ran past the run time limit; requeued");
+                ack(&r.delivery).await;
+            }
+            // Not republished: the original goes back unchanged and the job gets this chance
+            // again rather than none.
+            Err(e) => {
+                retry_later(&r.delivery, e).await;
+            }
+        }
+        return;
+    }
+    let mut failed = r.record;
+    failed.status = JobStatus::Failed;
+    failed.finished_at = Some(now_millis());
+    failed.prompt_tokens = Some(r.envelope.prompt_tokens() as i64);
+    failed.error = Some(format!(
+        "the forward pass ran past the run time limit of {limit:?} {} times",
+        RUN_TIMEOUT_REQUEUES + 1
+    ));
+    settle(worker, &r.delivery, &failed, Ack::DeadLetter).await;
 }
 
 /// Checks a delivery and marks it running; `None` when it was settled here instead.
