@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use scorer_jobs::webhook::WebhookSender;
-use scorer_jobs::{AuditStore, BatchStore, JobQueue, ResultStore};
+use scorer_jobs::{AuditStore, BatchStore, JobQueue, PostgresKeyStore, ResultStore};
 use scorer_protocol::ScoreBackend;
 
 use crate::ServiceConfig;
+use crate::auth::Authenticator;
 
 /// The queue and the stores, real or in-process.
 #[derive(Clone)]
@@ -16,6 +17,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditStore>,
     /// Batches; their lines are jobs in `audit`.
     pub batches: Arc<dyn BatchStore>,
+    /// API keys made with `scorer keys`; only with Postgres.
+    pub keys: Option<PostgresKeyStore>,
 }
 
 #[derive(Clone)]
@@ -24,6 +27,7 @@ pub struct AppState {
     pub stores: Stores,
     pub config: Arc<ServiceConfig>,
     pub webhooks: WebhookSender,
+    pub auth: Arc<Authenticator>,
 }
 
 impl AppState {
@@ -33,11 +37,13 @@ impl AppState {
             config.webhook_backoff,
             std::time::Duration::from_secs(10),
         );
+        let auth = Arc::new(Authenticator::new(&config, stores.keys.clone()));
         AppState {
             backend,
             stores,
             config: Arc::new(config),
             webhooks,
+            auth,
         }
     }
 }
