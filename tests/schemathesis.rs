@@ -89,6 +89,13 @@ async fn openapi_fuzzing_finds_no_server_error() {
         "[parameters]\n\"header.x-request-timeout\" = \"60\"\n",
     )
     .expect("write config");
+    // Batches are uploaded as JSONL, which Schemathesis has no serializer for: it is text, sent
+    // as generated.
+    std::fs::write(
+        dir.path().join("scorer_hooks.py"),
+        "import schemathesis\nschemathesis.serializer.alias(\"application/jsonl\", \"text/plain\")\n",
+    )
+    .expect("write hooks");
     let started = Instant::now();
     let output = tokio::process::Command::new(&cli)
         .arg("--config-file")
@@ -100,6 +107,8 @@ async fn openapi_fuzzing_finds_no_server_error() {
         .args(["--request-timeout", "90", "--generation-database", "none"])
         .args(["--phases", "examples,coverage,fuzzing"])
         .current_dir(dir.path())
+        .env("PYTHONPATH", dir.path())
+        .env("SCHEMATHESIS_HOOKS", "scorer_hooks")
         .output()
         .await
         .expect("schemathesis runs");
