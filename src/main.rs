@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use scorer::{fetch, home};
 use scorer_api as roles;
-use scorer_api::ServiceConfig;
+use scorer_api::{AuthMode, ServiceConfig};
 use scorer_engine::model::DType;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{Items, LabelIds, ScoreBackend, ScoreRequest, TextOrTokens};
@@ -65,6 +65,8 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Make, list and revoke API keys (kept hashed in Postgres).
+    Keys(scorer::keys::KeysArgs),
     /// Score a JSONL file through a running service's batches API: progress bar, resumable
     /// (custom_ids already in the output or error file are skipped).
     Bulk(scorer::bulk::BulkArgs),
@@ -139,6 +141,18 @@ struct ServiceArgs {
     /// Queued messages per model beyond which submissions get 429.
     #[arg(long, env = "SCORER_MAX_QUEUE_DEPTH", default_value_t = 10_000)]
     max_queue_depth: u64,
+    /// Unfinished sync and async jobs one tenant may have before its submissions get 429
+    /// (0: no per-tenant bound).
+    #[arg(long, env = "SCORER_MAX_TENANT_JOBS", default_value_t = 1_000)]
+    max_tenant_jobs: u64,
+    /// Seconds any one broker, Redis or Postgres call may take while answering a request
+    /// before the request fails with 503.
+    #[arg(long, env = "SCORER_STORE_TIMEOUT", default_value_t = 3.0)]
+    store_timeout: f64,
+    /// `off`: no API keys, one tenant; `required`: every /v1 request needs a Bearer key (from
+    /// --api-keys or `scorer keys create`). --api-keys alone also turns it on.
+    #[arg(long, env = "SCORER_AUTH", default_value = "off", value_parser = parse_auth)]
+    auth: AuthMode,
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "SCORER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -167,8 +181,15 @@ impl ServiceArgs {
             namespace: self.namespace.clone(),
             sync_timeout: Duration::from_secs(self.sync_timeout),
             max_queue_depth: self.max_queue_depth,
+            max_tenant_active: self.max_tenant_jobs,
+            auth: self.auth,
             ..ServiceConfig::default()
         };
+        anyhow::ensure!(
+            self.store_timeout.is_finite() && self.store_timeout > 0.0,
+            "--store-timeout must be a positive number of seconds"
+        );
+        cfg.store_timeout = Duration::from_secs_f64(self.store_timeout);
         cfg.stores.amqp_url = self.amqp_url.clone().filter(|u| !u.is_empty());
         cfg.stores.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         cfg.stores.database_url = self.database_url.clone().filter(|u| !u.is_empty());
@@ -201,9 +222,6 @@ impl ServiceArgs {
 fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()> {
     let engine_cfg = engine.config()?;
     let config = service.config(&engine_cfg)?;
-    if config.api_keys.is_empty() && !matches!(role, Role::Worker) {
-        tracing::warn!("no API keys configured: authentication is off, every caller is one tenant");
-    }
     if !config.stores.any() {
         tracing::info!("embedded mode: in-process queue, result store and audit log");
     }
@@ -224,6 +242,10 @@ enum Role {
     Serve,
     Api,
     Worker,
+}
+
+fn parse_auth(s: &str) -> Result<AuthMode, String> {
+    AuthMode::parse(s).ok_or_else(|| format!("--auth is `off` or `required`, not `{s}`"))
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -276,6 +298,10 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Bulk(args) => scorer::bulk::main(args),
+        Command::Keys(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(scorer::keys::main(args))
+        }
         Command::Serve { engine, service } => run_role(&engine, &service, Role::Serve),
         Command::Api { engine, service } => run_role(&engine, &service, Role::Api),
         Command::Worker { engine, service } => run_role(&engine, &service, Role::Worker),

@@ -6,8 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -340,47 +339,12 @@ async fn test_v1_score_usage_info() {
     server.finish().await;
 }
 
-/// A throwaway virtualenv with the official `openai` package, under the target directory,
-/// made once per target directory (reused while it still imports `openai`).
-fn openai_venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let python = dir.join("bin/python");
-    let imports = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import openai"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !imports(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&dir)
-            .status()
-            .expect("python3 runs");
-        assert!(made.success(), "python3 -m venv");
-        let installed = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "openai",
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(installed.success(), "pip install openai");
-    }
-    assert!(imports(&python), "openai imports in {}", dir.display());
-    python
-}
-
 /// Plan 2.2: the official OpenAI Python client reaches `/v1/score` through its generic `post`
 /// (examples/openai_client.py), gets the same scores the engine gives, and sees a refused request
 /// as its own `BadRequestError` carrying our error body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_score_with_openai_client() {
-    let python = tokio::task::spawn_blocking(openai_venv)
+    let python = tokio::task::spawn_blocking(|| venv("openai-venv", &["openai"], "import openai"))
         .await
         .expect("venv");
     let server = Server::start().await;

@@ -26,6 +26,28 @@ impl StoreUrls {
     }
 }
 
+/// Whether callers must present an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// No authentication: every caller is tenant `default`, unless static keys are configured
+    /// (`api_keys`), which turn authentication on by themselves.
+    #[default]
+    Off,
+    /// Every `/v1` request needs `Authorization: Bearer <key>`: a static key or a key made with
+    /// `scorer keys create` (stored hashed in Postgres).
+    Required,
+}
+
+impl AuthMode {
+    pub fn parse(s: &str) -> Option<AuthMode> {
+        match s {
+            "off" | "none" => Some(AuthMode::Off),
+            "required" | "on" => Some(AuthMode::Required),
+            _ => None,
+        }
+    }
+}
+
 /// Request size limits. Bodies over `max_body_bytes`, and requests over any of the others, are
 /// answered 413.
 #[derive(Debug, Clone)]
@@ -69,11 +91,22 @@ pub struct ServiceConfig {
     pub max_job_ttl: Duration,
     /// Messages waiting in a model's queue beyond which new work is refused with 429.
     pub max_queue_depth: u64,
+    /// Unfinished sync and async jobs one tenant may have; past it its submissions get 429.
+    /// Soft: concurrent submissions may overshoot it by their number. 0: no per-tenant bound.
+    pub max_tenant_active: u64,
     /// The `Retry-After` given with a 429.
     pub retry_after: Duration,
-    /// Bearer API keys and the tenant each stands for. Empty: no authentication, every caller is
-    /// tenant `default`.
+    /// Deadline of each broker, Redis and Postgres call made while answering a request: past
+    /// it the request fails with 503 instead of waiting on a hung dependency (default 3 s).
+    pub store_timeout: Duration,
+    /// `Required`: every `/v1` request needs a key (static or from Postgres).
+    pub auth: AuthMode,
+    /// Static Bearer API keys and the tenant each stands for (`--api-keys`); any makes
+    /// authentication required. Keys made with `scorer keys` live in Postgres instead.
     pub api_keys: HashMap<String, String>,
+    /// How long a key looked up in Postgres is trusted without asking again: a revoked key keeps
+    /// working at most this long on an API process that saw it (default 10 s).
+    pub key_cache_ttl: Duration,
     /// `/ready` needs a worker heartbeat at most this old.
     pub worker_liveness: Duration,
     pub webhook_attempts: u32,
@@ -107,6 +140,13 @@ impl Default for BatchConfig {
     }
 }
 
+impl ServiceConfig {
+    /// Whether requests must carry a key: asked for, or implied by static keys.
+    pub fn auth_required(&self) -> bool {
+        self.auth == AuthMode::Required || !self.api_keys.is_empty()
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         let worker = WorkerConfig::default();
@@ -120,8 +160,12 @@ impl Default for ServiceConfig {
             result_ttl: Duration::from_secs(24 * 3600),
             max_job_ttl: Duration::from_secs(7 * 24 * 3600),
             max_queue_depth: 10_000,
+            max_tenant_active: 1_000,
             retry_after: Duration::from_secs(1),
+            store_timeout: Duration::from_secs(3),
+            auth: AuthMode::Off,
             api_keys: HashMap::new(),
+            key_cache_ttl: Duration::from_secs(10),
             worker_liveness: worker.heartbeat_interval * 3,
             webhook_attempts: 5,
             webhook_backoff: Duration::from_millis(500),

@@ -14,7 +14,7 @@ pub mod routes;
 mod state;
 mod submit;
 
-pub use config::{BatchConfig, Limits, ServiceConfig, StoreUrls};
+pub use config::{AuthMode, BatchConfig, Limits, ServiceConfig, StoreUrls};
 pub use error::{ApiError, ErrorBody};
 pub use locality::{Locality, LocalityConfig, rendezvous};
 pub use roles::{connect_stores, migrate, run_api, run_worker, serve, serve_app, shutdown_signal};
@@ -58,6 +58,25 @@ use utoipa::OpenApi;
     ))
 )]
 pub struct ApiDoc;
+
+/// Runs one broker, Redis or Postgres call under a deadline: a dependency that does not answer
+/// in time is treated like one that refuses (503), so a hung service never hangs a request.
+pub(crate) async fn deadline<T>(
+    limit: std::time::Duration,
+    service: &'static str,
+    call: impl std::future::Future<Output = Result<T, scorer_jobs::StoreError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(outcome) => outcome.map_err(ApiError::from),
+        Err(_) => {
+            ::metrics::counter!("scorer_store_timeouts_total", "service" => service).increment(1);
+            Err(ApiError::Unavailable(format!(
+                "{service} unavailable: no answer within {:.1} s",
+                limit.as_secs_f64()
+            )))
+        }
+    }
+}
 
 /// The API's routes over `state`.
 pub async fn build_app(state: AppState) -> Router {

@@ -7,7 +7,8 @@ use anyhow::Context;
 use scorer_jobs::webhook::WebhookSender;
 use scorer_jobs::{
     AmqpQueue, AmqpTopology, AuditStore, BatchStore, MemoryAuditStore, MemoryBatchStore,
-    MemoryQueue, MemoryResultStore, PostgresAuditStore, PostgresBatchStore, RedisResultStore,
+    MemoryQueue, MemoryResultStore, PostgresAuditStore, PostgresBatchStore, PostgresKeyStore,
+    RedisResultStore,
 };
 use scorer_protocol::ScoreBackend;
 use scorer_worker::Worker;
@@ -42,27 +43,55 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
         ),
         None => Arc::new(MemoryResultStore::new(config.result_ttl)),
     };
-    let (audit, batches): (Arc<dyn AuditStore>, Arc<dyn BatchStore>) = match &urls.database_url {
+    type Postgres = (
+        Arc<dyn AuditStore>,
+        Arc<dyn BatchStore>,
+        Option<PostgresKeyStore>,
+    );
+    let (audit, batches, keys): Postgres = match &urls.database_url {
         Some(url) => {
             let store = PostgresAuditStore::connect(url)
                 .await
                 .context("connecting to Postgres")?;
             store.migrate().await.context("applying migrations")?;
             let batches = PostgresBatchStore::new(store.pool().clone());
-            (Arc::new(store), Arc::new(batches))
+            let keys = PostgresKeyStore::new(store.pool().clone());
+            (Arc::new(store), Arc::new(batches), Some(keys))
         }
         None => {
             let audit: Arc<dyn AuditStore> = Arc::new(MemoryAuditStore::new());
             let batches = MemoryBatchStore::new(audit.clone());
-            (audit, Arc::new(batches))
+            (audit, Arc::new(batches), None)
         }
     };
+    anyhow::ensure!(
+        !config.auth_required() || keys.is_some() || !config.api_keys.is_empty(),
+        "authentication is required but there is nowhere to find keys: give --database-url \
+         (keys made with `scorer keys create`) or --api-keys"
+    );
     Ok(Stores {
         queue,
         results,
         audit,
         batches,
+        keys,
     })
+}
+
+/// Says at start-up whether callers need keys, so an open deployment is never open by accident.
+fn announce_auth(config: &ServiceConfig) {
+    if config.auth_required() {
+        tracing::info!(
+            static_keys = config.api_keys.len(),
+            postgres_keys = config.stores.database_url.is_some(),
+            "authentication required: every /v1 request needs Authorization: Bearer <key>"
+        );
+    } else {
+        tracing::warn!(
+            "authentication is off: no API key is asked for and every caller is tenant \
+             `default` (set SCORER_AUTH=required to require keys)"
+        );
+    }
 }
 
 /// `scorer migrate`: apply the migrations and exit.
@@ -111,6 +140,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stores = connect_stores(&config).await?;
+    announce_auth(&config);
     stores.queue.declare(backend.model_id()).await?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -146,6 +176,7 @@ pub async fn run_api(
 ) -> anyhow::Result<()> {
     require_all(&config, "api")?;
     let stores = connect_stores(&config).await?;
+    announce_auth(&config);
     stores.queue.declare(backend.model_id()).await?;
     let listener = TcpListener::bind(config.listen)
         .await

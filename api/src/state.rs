@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use scorer_jobs::webhook::WebhookSender;
-use scorer_jobs::{AuditStore, BatchStore, JobQueue, ResultStore};
+use scorer_jobs::{AuditStore, BatchStore, JobQueue, PostgresKeyStore, ResultStore};
 use scorer_protocol::ScoreBackend;
 
+use crate::auth::Authenticator;
 use crate::{Locality, ServiceConfig};
 
 /// The queue and the stores, real or in-process.
@@ -16,6 +17,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditStore>,
     /// Batches; their lines are jobs in `audit`.
     pub batches: Arc<dyn BatchStore>,
+    /// API keys made with `scorer keys`; only with Postgres.
+    pub keys: Option<PostgresKeyStore>,
 }
 
 #[derive(Clone)]
@@ -26,6 +29,7 @@ pub struct AppState {
     pub webhooks: WebhookSender,
     /// Which worker a keyed job goes to.
     pub locality: Arc<Locality>,
+    pub auth: Arc<Authenticator>,
 }
 
 impl AppState {
@@ -42,12 +46,14 @@ impl AppState {
             backend.model_id(),
             config.worker_liveness,
         ));
+        let auth = Arc::new(Authenticator::new(&config, stores.keys.clone()));
         AppState {
             backend,
             stores,
             config: Arc::new(config),
             webhooks,
             locality,
+            auth,
         }
     }
 }

@@ -9,7 +9,7 @@ use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, locality_key, now_
 use scorer_protocol::{DEFAULT_MODEL_NAME, Items, ScoreJob, ScoreRequest};
 use serde::de::DeserializeOwned;
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, deadline};
 
 /// The body, or 413 when it is over the limit (the limit layer reports it as a read error).
 pub fn body_bytes(
@@ -85,12 +85,20 @@ pub async fn prepare(state: &AppState, req: ScoreRequest) -> Result<ScoreJob, Ap
     Ok(job)
 }
 
-/// 429 when the model's queue already holds as much as it may.
-pub async fn check_queue_bound(state: &AppState) -> Result<(), ApiError> {
-    let depth = state.stores.queue.depth(state.backend.model_id()).await?;
+/// 429 when the model's queue already holds as much as it may (global bound), or when `tenant`
+/// already has as many unfinished jobs as it may (per-tenant bound).
+pub async fn check_bounds(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let limit = state.config.store_timeout;
+    let depth = deadline(
+        limit,
+        "queue",
+        state.stores.queue.depth(state.backend.model_id()),
+    )
+    .await?;
     metrics::gauge!("scorer_queue_depth").set(depth as f64);
+    let secs = state.config.retry_after.as_secs().max(1);
     if depth >= state.config.max_queue_depth {
-        let secs = state.config.retry_after.as_secs().max(1);
+        metrics::counter!("scorer_overloaded_total", "bound" => "queue").increment(1);
         return Err(ApiError::Overloaded {
             message: format!(
                 "the queue holds {depth} jobs, at its bound of {}; retry after {secs} s",
@@ -98,6 +106,20 @@ pub async fn check_queue_bound(state: &AppState) -> Result<(), ApiError> {
             ),
             retry_after_secs: secs,
         });
+    }
+    let per_tenant = state.config.max_tenant_active;
+    if per_tenant > 0 {
+        let active = deadline(limit, "audit", state.stores.audit.active_jobs(tenant)).await?;
+        if active >= per_tenant {
+            metrics::counter!("scorer_overloaded_total", "bound" => "tenant").increment(1);
+            return Err(ApiError::Overloaded {
+                message: format!(
+                    "this tenant has {active} unfinished jobs, at its bound of {per_tenant}; \
+                     retry after {secs} s"
+                ),
+                retry_after_secs: secs,
+            });
+        }
     }
     Ok(())
 }
@@ -133,24 +155,26 @@ pub async fn accept(
     record: &JobRecord,
     job: ScoreJob,
 ) -> Result<Inserted, ApiError> {
-    let inserted = state.stores.audit.insert(record).await?;
+    let limit = state.config.store_timeout;
+    let inserted = deadline(limit, "audit", state.stores.audit.insert(record)).await?;
     if let Inserted::Existing(_) = inserted {
         return Ok(inserted);
     }
-    if let Err(e) = state.stores.results.put(record).await {
+    if let Err(e) = deadline(limit, "results", state.stores.results.put(record)).await {
         // Not fatal: GET falls back to Postgres, and the worker writes the outcome here later.
         tracing::warn!(job = %record.id, error = %e, "could not cache queued state");
     }
-    if let Err(e) = publish(state, &envelope(record, job)).await {
+    let envelope = envelope(record, job);
+    if let Err(e) = deadline(limit, "queue", publish(state, &envelope)).await {
         // Never queued: say so in the record rather than leave a job queued forever.
         let mut failed = record.clone();
         failed.status = JobStatus::Failed;
         failed.finished_at = Some(now_millis());
         failed.error = Some(format!("could not be queued: {e}"));
-        if let Ok(finished) = state.stores.audit.finish(&failed).await {
-            let _ = state.stores.results.put(&finished.record).await;
+        if let Ok(finished) = deadline(limit, "audit", state.stores.audit.finish(&failed)).await {
+            let _ = deadline(limit, "results", state.stores.results.put(&finished.record)).await;
         }
-        return Err(e.into());
+        return Err(e);
     }
     metrics::counter!("scorer_jobs_accepted_total", "kind" => record.kind.as_str()).increment(1);
     Ok(Inserted::Created)

@@ -540,10 +540,11 @@ async fn api_keys_and_tenants(backing: Backing) {
     };
     let mine = get_as("key-a").await.expect("get");
     assert_eq!(mine.status(), StatusCode::OK);
+    // Another tenant's job answers as if it did not exist.
     let theirs = get_as("key-b").await.expect("get");
-    assert_eq!(theirs.status(), StatusCode::FORBIDDEN);
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
     let err: Value = theirs.json().await.expect("json");
-    assert_error(&err, 403, "PermissionDeniedError");
+    assert_error(&err, 404, "NotFoundError");
     let (status, _, err) = h
         .post_with(
             &format!("{path}/cancel"),
@@ -551,7 +552,7 @@ async fn api_keys_and_tenants(backing: Backing) {
             &[("authorization", "Bearer key-b")],
         )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
     h.finish().await;
 }
 

@@ -3,11 +3,13 @@
 //! - [`JobQueue`]: RabbitMQ ([`AmqpQueue`]) or an in-process priority queue ([`MemoryQueue`]);
 //! - [`ResultStore`]: Redis ([`RedisResultStore`]) or in-process ([`MemoryResultStore`]);
 //! - [`AuditStore`]: Postgres ([`PostgresAuditStore`]) or in-process ([`MemoryAuditStore`]);
-//! - [`BatchStore`]: Postgres ([`PostgresBatchStore`]) or in-process ([`MemoryBatchStore`]).
+//! - [`BatchStore`]: Postgres ([`PostgresBatchStore`]) or in-process ([`MemoryBatchStore`]);
+//! - API keys: Postgres only ([`PostgresKeyStore`]).
 
 pub mod audit;
 pub mod batches;
 mod error;
+pub mod keys;
 pub mod queue;
 pub mod results;
 pub mod webhook;
@@ -21,6 +23,7 @@ pub use batches::{
     MemoryBatchStore, PostgresBatchStore,
 };
 pub use error::StoreError;
+pub use keys::{ApiKey, PostgresKeyStore};
 pub use queue::{
     AmqpQueue, AmqpTopology, DEFAULT_WORKER_QUEUE_TTL, DeadLetter, Delivery, DeliveryAcker,
     JobConsumer, JobQueue, MemoryQueue, WORKER_QUEUE_MAX_LENGTH,

@@ -168,6 +168,45 @@ async fn cancel_only_before_start(s: &dyn AuditStore) {
     ));
 }
 
+/// The per-tenant count: unfinished sync/async jobs of that tenant only; bulk jobs, other
+/// tenants and finished or cancelled jobs do not count; a repeated finish counts once.
+async fn active_jobs_counts_unfinished_interactive_work(s: &dyn AuditStore) {
+    let tenant = unique("tenant");
+    let job = |priority| {
+        let mut r = record();
+        r.tenant = tenant.clone();
+        r.priority = priority;
+        r
+    };
+    let (a, b, c) = (
+        job(JobPriority::Async),
+        job(JobPriority::Sync),
+        job(JobPriority::Async),
+    );
+    for r in [&a, &b, &c, &job(JobPriority::Bulk), &record()] {
+        s.insert(r).await.expect("insert");
+    }
+    assert_eq!(s.active_jobs(&tenant).await.expect("count"), 3);
+    s.start(a.id, "w", now_millis()).await.expect("start");
+    assert_eq!(
+        s.active_jobs(&tenant).await.expect("count"),
+        3,
+        "running counts"
+    );
+    for _ in 0..2 {
+        s.finish(&outcome(a.clone(), JobStatus::Succeeded))
+            .await
+            .expect("finish");
+        assert_eq!(s.active_jobs(&tenant).await.expect("count"), 2);
+    }
+    s.cancel(b.id, now_millis()).await.expect("cancel");
+    assert_eq!(s.active_jobs(&tenant).await.expect("count"), 1);
+    s.finish(&outcome(c.clone(), JobStatus::Failed))
+        .await
+        .expect("finish");
+    assert_eq!(s.active_jobs(&tenant).await.expect("count"), 0);
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -202,6 +241,7 @@ contract!(
     finish_is_idempotent,
     finish_upserts_missing_row,
     cancel_only_before_start,
+    active_jobs_counts_unfinished_interactive_work,
 );
 
 /// The in-process store forgets the oldest finished jobs past its capacity, and only those.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 use scorer_engine::model::DType;
@@ -182,4 +183,39 @@ pub fn plugin_device_count() -> usize {
         Plugin::load(&scorer_engine::pjrt::default_plugin_path()).expect("the PJRT plugin loads");
     let client = Client::new(&plugin).expect("a PJRT client");
     client.device_count()
+}
+
+/// A throwaway virtualenv `name` under the target directory with `packages` pip-installed, made
+/// once per target directory and reused while `import` still runs in it. Returns its python.
+pub fn venv(name: &str, packages: &[&str], import: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = dir.join("bin/python");
+    let imports = |py: &Path| {
+        Command::new(py)
+            .args(["-c", import])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !imports(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv {}", dir.display());
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .expect("pip runs");
+        assert!(installed.success(), "pip install {packages:?}");
+    }
+    assert!(imports(&python), "`{import}` runs in {}", dir.display());
+    python
 }

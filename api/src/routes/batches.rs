@@ -201,7 +201,7 @@ pub async fn create(
     Query(params): Query<CreateParams>,
     req: Request,
 ) -> Result<Json<BatchObject>, ApiError> {
-    let tenant = auth::tenant(&state, &headers)?;
+    let tenant = auth::tenant(&state, &headers).await?;
     let mut window = params.completion_window;
     let mut metadata = params.metadata;
     let multipart = headers
@@ -749,7 +749,7 @@ async fn current(state: &AppState, mut batch: BatchRecord) -> Result<BatchObject
 
 /// The caller's batch, or 404 (also for another tenant's: ids are not secrets to probe).
 async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<BatchRecord, ApiError> {
-    let tenant = auth::tenant(state, headers)?;
+    let tenant = auth::tenant(state, headers).await?;
     let not_found = || ApiError::NotFound(format!("no batch {id}"));
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
     match state.stores.batches.get(id).await? {
@@ -796,7 +796,7 @@ pub async fn list(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> Result<Json<BatchList>, ApiError> {
-    let tenant = auth::tenant(&state, &headers)?;
+    let tenant = auth::tenant(&state, &headers).await?;
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::BadRequest(

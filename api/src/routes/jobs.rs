@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::submit::{accept, body_bytes, check_model, check_queue_bound, parse_json, prepare};
-use crate::{ApiError, AppState, auth};
+use crate::submit::{accept, body_bytes, check_bounds, check_model, parse_json, prepare};
+use crate::{ApiError, AppState, auth, deadline};
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
@@ -52,7 +52,7 @@ pub struct JobRequest {
         (status = 404, description = "Unknown model", body = crate::ErrorBody),
         (status = 409, description = "Idempotency key reused with another body", body = crate::ErrorBody),
         (status = 413, description = "Over the limits", body = crate::ErrorBody),
-        (status = 429, description = "Queue over its bound", body = crate::ErrorBody),
+        (status = 429, description = "Queue, tenant or API key over its bound; see Retry-After", body = crate::ErrorBody),
         (status = 503, description = "A dependency is down", body = crate::ErrorBody),
     )
 )]
@@ -61,7 +61,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = auth::tenant(&state, &headers)?;
+    let tenant = auth::tenant(&state, &headers).await?;
     let bytes = body_bytes(body, &state)?;
     let (req, raw): (JobRequest, serde_json::Value) = parse_json(&bytes)?;
     let priority = match req.priority.unwrap_or(JobPriority::Async) {
@@ -103,7 +103,7 @@ pub async fn submit(
         .transpose()?;
     check_model(&state, &req.score)?;
     let job = prepare(&state, req.score).await?;
-    check_queue_bound(&state).await?;
+    check_bounds(&state, &tenant).await?;
 
     let model = state.backend.model_id().to_string();
     let mut record = JobRecord::queued(Uuid::now_v7(), tenant, JobKind::Async, model, priority);
@@ -119,14 +119,15 @@ pub async fn submit(
         Inserted::Existing(existing) => {
             if existing.request_hash == record.request_hash {
                 // A replay: the same job, looked up fresh so the caller sees its progress.
-                let current = state
-                    .stores
-                    .results
-                    .get(existing.id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or(existing);
+                let current = deadline(
+                    state.config.store_timeout,
+                    "results",
+                    state.stores.results.get(existing.id),
+                )
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(existing);
                 Ok(accepted(&current))
             } else {
                 Err(ApiError::Conflict(format!(
@@ -147,11 +148,13 @@ fn accepted(record: &JobRecord) -> Response {
     response
 }
 
-/// Looks a job up (result store first, then the audit store) and checks it is the caller's.
+/// Looks a job up (result store first, then the audit store); another tenant's job is 404, as
+/// if it did not exist (ids are not secrets to probe).
 async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("no job {id}"));
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-    let cached = match state.stores.results.get(id).await {
+    let limit = state.config.store_timeout;
+    let cached = match deadline(limit, "results", state.stores.results.get(id)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "result store unavailable; reading the audit store");
@@ -160,12 +163,12 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, Api
     };
     let record = match cached {
         Some(r) => r,
-        None => state.stores.audit.get(id).await?.ok_or_else(not_found)?,
+        None => deadline(limit, "audit", state.stores.audit.get(id))
+            .await?
+            .ok_or_else(not_found)?,
     };
     if record.tenant != tenant {
-        return Err(ApiError::Forbidden(format!(
-            "job {id} belongs to another tenant"
-        )));
+        return Err(not_found());
     }
     Ok(record)
 }
@@ -176,8 +179,8 @@ async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, Api
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 200, description = "The job", body = JobObject),
-        (status = 403, description = "Another tenant's job", body = crate::ErrorBody),
-        (status = 404, description = "No such job", body = crate::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = crate::ErrorBody),
+        (status = 404, description = "No such job (or another tenant's)", body = crate::ErrorBody),
         (status = 503, description = "Stores unavailable", body = crate::ErrorBody),
     )
 )]
@@ -186,7 +189,7 @@ pub async fn get(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<JobObject>, ApiError> {
-    let tenant = auth::tenant(&state, &headers)?;
+    let tenant = auth::tenant(&state, &headers).await?;
     Ok(Json(find(&state, &tenant, &id).await?.object()))
 }
 
@@ -205,11 +208,18 @@ pub async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<JobObject>, ApiError> {
-    let tenant = auth::tenant(&state, &headers)?;
+    let tenant = auth::tenant(&state, &headers).await?;
     let record = find(&state, &tenant, &id).await?;
-    match state.stores.audit.cancel(record.id, now_millis()).await? {
+    let limit = state.config.store_timeout;
+    match deadline(
+        limit,
+        "audit",
+        state.stores.audit.cancel(record.id, now_millis()),
+    )
+    .await?
+    {
         CancelOutcome::Cancelled(cancelled) => {
-            if let Err(e) = state.stores.results.put(&cancelled).await {
+            if let Err(e) = deadline(limit, "results", state.stores.results.put(&cancelled)).await {
                 // The audit row decides; GET falls back to it.
                 tracing::warn!(job = %cancelled.id, error = %e, "could not cache cancellation");
             }

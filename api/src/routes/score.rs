@@ -11,8 +11,8 @@ use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
 use scorer_protocol::{ScoreRequest, ScoreResponse};
 use uuid::Uuid;
 
-use crate::submit::{accept, body_bytes, check_model, check_queue_bound, parse_json, prepare};
-use crate::{ApiError, AppState, auth};
+use crate::submit::{accept, body_bytes, check_bounds, check_model, parse_json, prepare};
+use crate::{ApiError, AppState, auth, deadline};
 
 /// Header: seconds this call may wait for its result (capped by the server's maximum).
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -32,7 +32,7 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout";
         (status = 401, description = "Missing or invalid API key", body = crate::ErrorBody),
         (status = 404, description = "Unknown model", body = crate::ErrorBody),
         (status = 413, description = "Body, items or tokens over the limits", body = crate::ErrorBody),
-        (status = 429, description = "Queue over its bound; see Retry-After", body = crate::ErrorBody),
+        (status = 429, description = "Queue, tenant or API key over its bound; see Retry-After", body = crate::ErrorBody),
         (status = 503, description = "A dependency is down", body = crate::ErrorBody),
         (status = 504, description = "Deadline passed; the job goes on (see Location)", body = crate::ErrorBody),
     )
@@ -43,7 +43,7 @@ pub async fn score(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ScoreResponse>, ApiError> {
     let started = Instant::now();
-    let tenant = auth::tenant(&state, &headers)?;
+    let tenant = auth::tenant(&state, &headers).await?;
     let bytes = body_bytes(body, &state)?;
     let (req, raw): (ScoreRequest, _) = parse_json(&bytes)?;
     check_model(&state, &req)?;
@@ -54,7 +54,7 @@ pub async fn score(
         // Nothing to score (`items: []` is valid): no need to go through the queue.
         return Ok(Json(ScoreResponse::new(Vec::new(), model, 0)));
     }
-    check_queue_bound(&state).await?;
+    check_bounds(&state, &tenant).await?;
     let mut record = JobRecord::queued(
         Uuid::now_v7(),
         tenant,
@@ -64,7 +64,14 @@ pub async fn score(
     );
     record.request = Some(raw);
     accept(&state, &record, job).await?;
-    let outcome = state.stores.results.wait_terminal(record.id, timeout).await;
+    // The wait itself is bounded by `timeout`; the extra deadline covers a Redis that stops
+    // answering mid-wait.
+    let outcome = deadline(
+        timeout + state.config.store_timeout,
+        "results",
+        state.stores.results.wait_terminal(record.id, timeout),
+    )
+    .await;
     let answer = match outcome {
         Ok(Some(done)) => finished(done),
         Ok(None) => Err(ApiError::Timeout {
@@ -76,7 +83,7 @@ pub async fn score(
             ),
             job_id: record.id,
         }),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     let outcome = if answer.is_ok() { "ok" } else { "error" };
     metrics::histogram!("scorer_score_seconds", "outcome" => outcome)

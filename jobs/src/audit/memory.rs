@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use scorer_protocol::job::{JobRecord, JobStatus};
+use scorer_protocol::job::{JobPriority, JobRecord, JobStatus};
 use uuid::Uuid;
 
 use super::{AuditStore, CancelOutcome, Finished, Inserted, StartOutcome, millis_between};
@@ -24,9 +24,26 @@ struct State {
     by_key: HashMap<(String, String), Uuid>,
     /// Terminal jobs, oldest first (evicted from the front).
     finished: VecDeque<Uuid>,
+    /// Per tenant, how many jobs `active_jobs` counts; kept up to date on every transition so
+    /// a submission does not scan every stored job.
+    active: HashMap<String, u64>,
+}
+
+/// Whether `active_jobs` counts this job.
+fn counted(r: &JobRecord) -> bool {
+    !r.status.is_terminal() && r.priority != JobPriority::Bulk
 }
 
 impl State {
+    fn leave_active(&mut self, tenant: &str) {
+        if let Some(n) = self.active.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active.remove(tenant);
+            }
+        }
+    }
+
     fn retire(&mut self, id: Uuid, capacity: usize) {
         self.finished.push_back(id);
         while self.finished.len() > capacity {
@@ -85,6 +102,9 @@ impl AuditStore for MemoryAuditStore {
             state.by_key.insert(k, record.id);
         }
         state.jobs.insert(record.id, record.clone());
+        if counted(record) {
+            *state.active.entry(record.tenant.clone()).or_default() += 1;
+        }
         if record.status.is_terminal() {
             state.retire(record.id, self.capacity);
         }
@@ -115,6 +135,7 @@ impl AuditStore for MemoryAuditStore {
     async fn finish(&self, record: &JobRecord) -> Result<Finished, StoreError> {
         let mut state = self.lock();
         let fresh = !state.jobs.contains_key(&record.id);
+        let was_counted = state.jobs.get(&record.id).is_some_and(counted);
         let stored = state
             .jobs
             .entry(record.id)
@@ -132,6 +153,9 @@ impl AuditStore for MemoryAuditStore {
             stored.queue_ms = queue_ms;
         }
         let record = stored.clone();
+        if was_counted && !counted(&record) {
+            state.leave_active(&record.tenant);
+        }
         if applied {
             state.retire(record.id, self.capacity);
         }
@@ -146,15 +170,23 @@ impl AuditStore for MemoryAuditStore {
         if job.status != JobStatus::Queued {
             return Ok(CancelOutcome::TooLate(job.clone()));
         }
+        let was_counted = counted(job);
         job.status = JobStatus::Cancelled;
         job.finished_at = Some(at);
         let cancelled = job.clone();
+        if was_counted {
+            state.leave_active(&cancelled.tenant);
+        }
         state.retire(id, self.capacity);
         Ok(CancelOutcome::Cancelled(cancelled))
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         Ok(self.lock().jobs.get(&id).cloned())
+    }
+
+    async fn active_jobs(&self, tenant: &str) -> Result<u64, StoreError> {
+        Ok(self.lock().active.get(tenant).copied().unwrap_or(0))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -78,6 +78,11 @@ pub trait AuditStore: Send + Sync + 'static {
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
 
+    /// A tenant's unfinished (queued or running) jobs at sync or async priority: what the
+    /// per-tenant bound on queued work counts. Bulk work (batch lines, `priority: bulk`) is left
+    /// out; batches pace themselves against the queue instead.
+    async fn active_jobs(&self, tenant: &str) -> Result<u64, StoreError>;
+
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

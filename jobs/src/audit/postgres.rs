@@ -264,6 +264,19 @@ impl AuditStore for PostgresAuditStore {
         self.fetch(id).await
     }
 
+    async fn active_jobs(&self, tenant: &str) -> Result<u64, StoreError> {
+        // Matches the partial index jobs_tenant_active (migration 0003).
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE tenant = $1 \
+             AND status IN ('queued', 'running') AND priority <> 'bulk'",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
