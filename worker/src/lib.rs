@@ -9,7 +9,7 @@ mod batch;
 mod config;
 mod process;
 
-pub use config::WorkerConfig;
+pub use config::{DEFAULT_MAX_BULK_BATCH_TOKENS, WorkerConfig};
 
 use std::sync::Arc;
 
@@ -48,12 +48,13 @@ impl Worker {
             shutdown.clone(),
         ));
         tracing::info!(worker = %self.config.worker_id, %model, "worker started");
-        let mut carry = None;
+        // Deliveries in hand, not yet started; each batch is picked from them by priority.
+        let mut pending = Vec::new();
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = wait_for_shutdown(&mut shutdown) => break,
-                batch = batch::gather(consumer.as_mut(), &self.config, &mut carry) => batch,
+                batch = batch::gather(consumer.as_mut(), &self.config, &mut pending) => batch,
             };
             match batch {
                 Ok(Some(batch)) => process::run_batch(&self, batch).await,
@@ -64,7 +65,7 @@ impl Worker {
                 }
             }
         }
-        if let Some(d) = carry.take() {
+        for d in pending {
             // Taken but never started: hand it back now rather than at connection close.
             if let Err(e) = d.acker.requeue().await {
                 tracing::debug!(error = %e, "requeue on shutdown");
