@@ -156,6 +156,10 @@ struct ServiceArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "SCORER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Tokens a worker batch may hold while it carries bulk (batch-file) jobs; bounds how long a
+    /// sync request waits behind bulk work on the engine.
+    #[arg(long, env = "SCORER_MAX_BULK_BATCH_TOKENS", default_value_t = scorer_worker::DEFAULT_MAX_BULK_BATCH_TOKENS)]
+    max_bulk_batch_tokens: usize,
     /// API keys as KEY=TENANT, comma-separated (unset: no authentication, one tenant).
     #[arg(long, env = "SCORER_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
@@ -208,6 +212,7 @@ impl ServiceArgs {
         );
         cfg.worker.max_attempts = self.max_attempts;
         cfg.worker.run_timeout = Duration::from_secs(self.job_run_timeout);
+        cfg.worker.max_bulk_batch_tokens = self.max_bulk_batch_tokens;
         for pair in &self.api_keys {
             let (key, tenant) = pair
                 .split_once('=')

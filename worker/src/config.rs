@@ -1,16 +1,26 @@
 use std::time::Duration;
 
+/// See `WorkerConfig::max_bulk_batch_tokens`; docs/BENCHMARKS.md (service bench) has the
+/// measurements behind the value.
+pub const DEFAULT_MAX_BULK_BATCH_TOKENS: usize = 512;
+
 /// How a worker batches and retries.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Shown in the audit row and in heartbeats.
     pub worker_id: String,
     /// Unacknowledged messages the broker may hand this worker from each queue it consumes (the
-    /// shared one and its own); bounds the batch size too.
+    /// shared one and its own); bounds the batch size too. Each batch is picked by priority from
+    /// all of them, so a larger window does not delay sync jobs.
     pub prefetch: u16,
     /// A batch closes once its prompts hold this many tokens (a single larger job runs alone).
     pub max_batch_tokens: usize,
-    /// How long to wait for more jobs after the first one of a batch arrived.
+    /// Bulk jobs join a batch only while it stays within this many tokens, and never a batch
+    /// holding a sync job. The engine runs one batch at a time, so this bounds how long a sync
+    /// job waits behind bulk work already on the engine.
+    pub max_bulk_batch_tokens: usize,
+    /// How long to wait for more jobs after the first one of a batch arrived (not waited once a
+    /// sync job is in hand).
     pub max_wait: Duration,
     /// Starts allowed per job (redeliveries after crashes count); past it the job fails and its
     /// message goes to the dead-letter queue.
@@ -36,6 +46,7 @@ impl Default for WorkerConfig {
             ),
             prefetch: 32,
             max_batch_tokens: 8192,
+            max_bulk_batch_tokens: DEFAULT_MAX_BULK_BATCH_TOKENS,
             max_wait: Duration::from_millis(5),
             max_attempts: 3,
             // A full 8,192-token batch of the default model takes about a minute on a 2-core

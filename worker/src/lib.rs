@@ -10,7 +10,7 @@ mod batch;
 mod config;
 mod process;
 
-pub use config::{RUN_TIMEOUT_REQUEUES, WorkerConfig};
+pub use config::{DEFAULT_MAX_BULK_BATCH_TOKENS, RUN_TIMEOUT_REQUEUES, WorkerConfig};
 
 use std::sync::Arc;
 
@@ -56,12 +56,13 @@ impl Worker {
             shutdown.clone(),
         )));
         tracing::info!(worker = %self.config.worker_id, %model, "worker started");
-        let mut carry = None;
+        // Deliveries in hand, not yet started; each batch is picked from them by priority.
+        let mut pending = Vec::new();
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = wait_for_shutdown(&mut shutdown) => break,
-                batch = batch::gather(consumer.as_mut(), &self.config, &mut carry) => batch,
+                batch = batch::gather(consumer.as_mut(), &self.config, &mut pending) => batch,
             };
             match batch {
                 Ok(Some(batch)) => process::run_batch(&self, batch).await,
@@ -72,7 +73,7 @@ impl Worker {
                 }
             }
         }
-        if let Some(d) = carry.take() {
+        for d in pending {
             // Taken but never started: hand it back now rather than at connection close.
             if let Err(e) = d.acker.requeue().await {
                 tracing::debug!(error = %e, "requeue on shutdown");
