@@ -147,6 +147,7 @@ mod tests {
             apply_softmax: true,
             temperature: 1.0,
             attempt: 1,
+            locality: None,
             enqueued_at_ms: 0,
         }
     }
