@@ -28,6 +28,9 @@ pub struct WorkerConfig {
     /// Longest a batch's forward pass may run. Past it every job of the batch is published
     /// again once ([`RUN_TIMEOUT_REQUEUES`]); a job that runs past it again fails.
     pub run_timeout: Duration,
+    /// Deadline of each Redis, Postgres and broker call; past it the call counts as failed (the
+    /// message is given back and retried later).
+    pub store_timeout: Duration,
     /// How often the worker says it is alive (Redis); the API counts a worker live for three of
     /// these and steers jobs only to live workers.
     pub heartbeat_interval: Duration,
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             // A full 8,192-token batch of the default model takes about a minute on a 2-core
             // CPU; five leaves room for a busy machine while still catching a wedged pass.
             run_timeout: Duration::from_secs(300),
+            store_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(1),
         }
     }

@@ -1,7 +1,8 @@
 //! One batch: decide per delivery (poison, expired, already finished, over-attempt, run), score
 //! the runnable ones together, store every outcome, then acknowledge.
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use scorer_jobs::{Delivery, StartOutcome, StoreError};
 use scorer_protocol::ScoreResponse;
@@ -105,7 +106,7 @@ async fn ran_too_long(worker: &Worker, r: Runnable) {
     if r.envelope.attempt <= RUN_TIMEOUT_REQUEUES {
         let mut again = r.envelope;
         again.attempt += 1;
-        match worker.queue.publish(&again).await {
+        match bounded(worker, "queue", worker.queue.publish(&again)).await {
             Ok(()) => {
                 tracing::warn!(job = %again.job_id, ?limit, "ran past the run time limit; requeued");
                 ack(&r.delivery).await;
@@ -142,7 +143,7 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
     if let Some(deadline) = envelope.deadline_ms
         && now.timestamp_millis() > deadline
     {
-        let record = match worker.audit.get(envelope.job_id).await {
+        let record = match bounded(worker, "audit", worker.audit.get(envelope.job_id)).await {
             Ok(Some(r)) => r,
             Ok(None) => record_from_envelope(&envelope),
             Err(e) => return retry_later(&delivery, e).await.then_none(),
@@ -156,20 +157,34 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
             return None;
         }
     }
-    let outcome = match worker
-        .audit
-        .start(envelope.job_id, &worker.config.worker_id, now)
-        .await
+    let outcome = match bounded(
+        worker,
+        "audit",
+        worker
+            .audit
+            .start(envelope.job_id, &worker.config.worker_id, now),
+    )
+    .await
     {
         Ok(StartOutcome::Missing) => {
             // Published without an audit row (another producer): create it, then start.
-            if let Err(e) = worker.audit.insert(&record_from_envelope(&envelope)).await {
+            if let Err(e) = bounded(
+                worker,
+                "audit",
+                worker.audit.insert(&record_from_envelope(&envelope)),
+            )
+            .await
+            {
                 return retry_later(&delivery, e).await.then_none();
             }
-            worker
-                .audit
-                .start(envelope.job_id, &worker.config.worker_id, now)
-                .await
+            bounded(
+                worker,
+                "audit",
+                worker
+                    .audit
+                    .start(envelope.job_id, &worker.config.worker_id, now),
+            )
+            .await
         }
         other => other,
     };
@@ -179,7 +194,7 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
             // Cancelled, or finished by an earlier delivery whose ack was lost: make sure the
             // result cache has it, and drop the message.
             tracing::info!(job = %r.id, status = r.status.as_str(), "not running a terminal job");
-            if let Err(e) = worker.results.put(&r).await {
+            if let Err(e) = bounded(worker, "results", worker.results.put(&r)).await {
                 return retry_later(&delivery, e).await.then_none();
             }
             ack(&delivery).await;
@@ -203,7 +218,7 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
         return None;
     }
     // Best effort: pollers see `running`; the terminal write below is the one that matters.
-    if let Err(e) = worker.results.put(&record).await {
+    if let Err(e) = bounded(worker, "results", worker.results.put(&record)).await {
         tracing::warn!(job = %record.id, error = %e, "could not cache running state");
     }
     Some(Runnable {
@@ -219,7 +234,7 @@ async fn poison(worker: &Worker, delivery: &Delivery, why: &str) {
     tracing::error!(job = ?delivery.job_id, error = %why, "undecodable message");
     metrics::counter!("scorer_worker_poison_messages_total").increment(1);
     let existing = match delivery.job_id {
-        Some(id) => match worker.audit.get(id).await {
+        Some(id) => match bounded(worker, "audit", worker.audit.get(id)).await {
             Ok(r) => r,
             Err(e) => {
                 retry_later(delivery, e).await;
@@ -248,7 +263,7 @@ enum Ack {
 /// wakes sync waiters), sends the webhook, and only then settles the message. If storing
 /// fails the message is requeued, so the outcome is not lost.
 async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: Ack) {
-    let finished = match worker.audit.finish(record).await {
+    let finished = match bounded(worker, "audit", worker.audit.finish(record)).await {
         Ok(finished) => finished,
         Err(e) => {
             retry_later(delivery, e).await;
@@ -256,7 +271,7 @@ async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: A
         }
     };
     let stored = finished.record;
-    if let Err(e) = worker.results.put(&stored).await {
+    if let Err(e) = bounded(worker, "results", worker.results.put(&stored)).await {
         retry_later(delivery, e).await;
         return;
     }
@@ -273,23 +288,59 @@ async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: A
     }
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.ack().await {
-        // The channel died after the outcome was stored: the message comes back and is
-        // recognised as finished.
-        tracing::warn!(job = ?delivery.job_id, error = %e, "ack failed");
+/// Broker acknowledgements get a deadline too; one that does not answer is treated like a failed
+/// one (the message comes back when the channel is dropped, and is recognised as finished).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn settle_message<E: std::fmt::Display>(
+    delivery: &Delivery,
+    what: &'static str,
+    call: impl Future<Output = Result<(), E>>,
+) {
+    match tokio::time::timeout(ACK_TIMEOUT, call).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(job = ?delivery.job_id, error = %e, "{what} failed"),
+        Err(_) => {
+            metrics::counter!("scorer_worker_store_timeouts_total", "service" => "queue")
+                .increment(1);
+            tracing::warn!(job = ?delivery.job_id, timeout = ?ACK_TIMEOUT, "{what} timed out");
+        }
     }
+}
+
+async fn ack(delivery: &Delivery) {
+    // The channel died after the outcome was stored: the message comes back and is recognised
+    // as finished.
+    settle_message(delivery, "ack", delivery.acker.ack()).await;
 }
 
 async fn dead_letter(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.dead_letter().await {
-        tracing::warn!(job = ?delivery.job_id, error = %e, "dead-letter failed");
-    }
+    settle_message(delivery, "dead-letter", delivery.acker.dead_letter()).await;
 }
 
 async fn requeue(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.requeue().await {
-        tracing::warn!(job = ?delivery.job_id, error = %e, "requeue failed");
+    settle_message(delivery, "requeue", delivery.acker.requeue()).await;
+}
+
+/// Runs a Redis, Postgres or broker call under the worker's `store_timeout`: a connection that
+/// stopped answering becomes `Unavailable` (the message is given back and retried) instead of a
+/// wedged worker.
+async fn bounded<T>(
+    worker: &Worker,
+    service: &'static str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let limit = worker.config.store_timeout;
+    match tokio::time::timeout(limit, call).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            metrics::counter!("scorer_worker_store_timeouts_total", "service" => service)
+                .increment(1);
+            Err(StoreError::unavailable(
+                service,
+                format!("no answer within {limit:?}"),
+            ))
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::submit::{check_model, envelope, prepare, publish};
-use crate::{ApiError, AppState, auth};
+use crate::{ApiError, AppState, auth, deadline};
 
 /// The only endpoint a line may name.
 pub const ENDPOINT: &str = "/v1/score";
@@ -345,7 +345,12 @@ impl<'a> Ingest<'a> {
             cancelling_at: None,
             cancelled_at: None,
         };
-        state.stores.batches.create(&batch).await?;
+        deadline(
+            state.config.store_timeout,
+            "batches",
+            state.stores.batches.create(&batch),
+        )
+        .await?;
         metrics::counter!("scorer_batches_created_total").increment(1);
         Ok(Ingest {
             state,
@@ -664,10 +669,20 @@ impl<'a> Ingest<'a> {
 /// becomes `expired` with its lines not started cancelled.
 async fn current(state: &AppState, mut batch: BatchRecord) -> Result<BatchObject, ApiError> {
     let stores = &state.stores;
-    let mut counts = stores.batches.counts(batch.id).await?;
+    let mut counts = deadline(
+        state.config.store_timeout,
+        "batches",
+        stores.batches.counts(batch.id),
+    )
+    .await?;
     let now = now_millis();
     if batch.status == BatchStatus::InProgress && now > batch.expires_at {
-        stores.batches.cancel_queued(batch.id, now).await?;
+        deadline(
+            state.config.store_timeout,
+            "batches",
+            stores.batches.cancel_queued(batch.id, now),
+        )
+        .await?;
         if let Some(b) = stores
             .batches
             .transition(
@@ -681,7 +696,12 @@ async fn current(state: &AppState, mut batch: BatchRecord) -> Result<BatchObject
         {
             batch = b;
         }
-        counts = stores.batches.counts(batch.id).await?;
+        counts = deadline(
+            state.config.store_timeout,
+            "batches",
+            stores.batches.counts(batch.id),
+        )
+        .await?;
     }
     if counts.pending() == 0 {
         let moved = match batch.status {
@@ -737,7 +757,13 @@ async fn current(state: &AppState, mut batch: BatchRecord) -> Result<BatchObject
             Some(b) => batch = b,
             // Someone else moved it: show what they left.
             None if !batch.status.is_terminal() => {
-                if let Some(b) = stores.batches.get(batch.id).await? {
+                if let Some(b) = deadline(
+                    state.config.store_timeout,
+                    "batches",
+                    stores.batches.get(batch.id),
+                )
+                .await?
+                {
                     batch = b;
                 }
             }
@@ -752,7 +778,13 @@ async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<BatchRe
     let tenant = auth::tenant(state, headers).await?;
     let not_found = || ApiError::NotFound(format!("no batch {id}"));
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-    match state.stores.batches.get(id).await? {
+    match deadline(
+        state.config.store_timeout,
+        "batches",
+        state.stores.batches.get(id),
+    )
+    .await?
+    {
         Some(b) if b.tenant == tenant => Ok(b),
         _ => Err(not_found()),
     }
@@ -803,11 +835,12 @@ pub async fn list(
             "limit must be between 1 and 100".into(),
         ));
     }
-    let mut page = state
-        .stores
-        .batches
-        .list(&tenant, params.after, limit + 1)
-        .await?;
+    let mut page = deadline(
+        state.config.store_timeout,
+        "batches",
+        state.stores.batches.list(&tenant, params.after, limit + 1),
+    )
+    .await?;
     let has_more = page.len() > limit;
     page.truncate(limit);
     let mut data = Vec::with_capacity(page.len());
@@ -847,14 +880,24 @@ pub async fn cancel(
         BatchStatus::InProgress,
         BatchStatus::Finalizing,
     ];
-    let batch = match stores
-        .batches
-        .transition(batch.id, &from, BatchStatus::Cancelling, now, None)
-        .await?
+    let batch = match deadline(
+        state.config.store_timeout,
+        "batches",
+        stores
+            .batches
+            .transition(batch.id, &from, BatchStatus::Cancelling, now, None),
+    )
+    .await?
     {
         Some(b) => b,
         None => {
-            let b = stores.batches.get(batch.id).await?.unwrap_or(batch);
+            let b = deadline(
+                state.config.store_timeout,
+                "batches",
+                stores.batches.get(batch.id),
+            )
+            .await?
+            .unwrap_or(batch);
             if b.status.is_terminal() {
                 return Err(ApiError::Conflict(format!(
                     "batch {} is {} and can no longer be cancelled",
@@ -866,7 +909,12 @@ pub async fn cancel(
             b
         }
     };
-    let n = stores.batches.cancel_queued(batch.id, now).await?;
+    let n = deadline(
+        state.config.store_timeout,
+        "batches",
+        stores.batches.cancel_queued(batch.id, now),
+    )
+    .await?;
     metrics::counter!("scorer_batch_lines_cancelled_total").increment(n);
     current(&state, batch).await.map(Json)
 }
