@@ -157,15 +157,7 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
             return None;
         }
     }
-    let outcome = match bounded(
-        worker,
-        "audit",
-        worker
-            .audit
-            .start(envelope.job_id, &worker.config.worker_id, now),
-    )
-    .await
-    {
+    let outcome = match start(worker, &envelope, now).await {
         Ok(StartOutcome::Missing) => {
             // Published without an audit row (another producer): create it, then start.
             if let Err(e) = bounded(
@@ -177,14 +169,7 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
             {
                 return retry_later(&delivery, e).await.then_none();
             }
-            bounded(
-                worker,
-                "audit",
-                worker
-                    .audit
-                    .start(envelope.job_id, &worker.config.worker_id, now),
-            )
-            .await
+            start(worker, &envelope, now).await
         }
         other => other,
     };
@@ -226,6 +211,18 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
         envelope,
         record,
     })
+}
+
+/// Marks the job running in the audit store (the record of truth decides whether it may run).
+async fn start(
+    worker: &Worker,
+    envelope: &JobEnvelope,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StartOutcome, StoreError> {
+    let call = worker
+        .audit
+        .start(envelope.job_id, &worker.config.worker_id, now);
+    bounded(worker, "audit", call).await
 }
 
 /// A message whose body does not decode: the job (if its id travelled beside the body) fails,
