@@ -97,13 +97,16 @@ async fn openapi_fuzzing_finds_no_server_error() {
     )
     .expect("write hooks");
     let started = Instant::now();
+    // One worker: with two threads, Hypothesis describing a lambda while another thread parses
+    // trips CPython 3.11's shared AST recursion counter ("AST constructor recursion depth
+    // mismatch", CPython gh-106905), reported as a run error that has nothing to do with the API.
     let output = tokio::process::Command::new(&cli)
         .arg("--config-file")
         .arg(&config_file)
         .args(["--no-color", "run", &format!("{base}/openapi.json")])
         .args(["--checks", "not_a_server_error"])
         .args(["--max-examples", MAX_EXAMPLES])
-        .args(["--seed", "20261128", "--workers", "2", "--no-shrink"])
+        .args(["--seed", "20261128", "--workers", "1", "--no-shrink"])
         .args(["--request-timeout", "90", "--generation-database", "none"])
         .args(["--phases", "examples,coverage,fuzzing"])
         .current_dir(dir.path())
