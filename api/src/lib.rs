@@ -59,6 +59,25 @@ use utoipa::OpenApi;
 )]
 pub struct ApiDoc;
 
+/// [`deadline`] for calls whose failures are handled as store errors (the upload's line writes,
+/// its publishes and its bookkeeping): a call past `limit` becomes `Unavailable`.
+pub(crate) async fn bounded<T>(
+    limit: std::time::Duration,
+    service: &'static str,
+    call: impl std::future::Future<Output = Result<T, scorer_jobs::StoreError>>,
+) -> Result<T, scorer_jobs::StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            ::metrics::counter!("scorer_store_timeouts_total", "service" => service).increment(1);
+            Err(scorer_jobs::StoreError::unavailable(
+                service,
+                format!("no answer within {:.1} s", limit.as_secs_f64()),
+            ))
+        }
+    }
+}
+
 /// Runs one broker, Redis or Postgres call under a deadline: a dependency that does not answer
 /// in time is treated like one that refuses (503), so a hung service never hangs a request.
 pub(crate) async fn deadline<T>(

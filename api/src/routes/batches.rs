@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::submit::{check_model, envelope, prepare, publish};
-use crate::{ApiError, AppState, auth, deadline};
+use crate::{ApiError, AppState, auth, bounded, deadline};
 
 /// The only endpoint a line may name.
 pub const ENDPOINT: &str = "/v1/score";
@@ -493,6 +493,10 @@ impl<'a> Ingest<'a> {
         });
     }
 
+    fn limit(&self) -> std::time::Duration {
+        self.state.config.store_timeout
+    }
+
     /// Records and publishes the chunk's valid lines, records its bad ones.
     async fn flush(&mut self) -> Result<(), ApiError> {
         let stores = &self.state.stores;
@@ -503,7 +507,13 @@ impl<'a> Ingest<'a> {
             if self.stopped {
                 return Ok(());
             }
-            let repeats = match stores.batches.add_lines(self.batch.id, &lines).await {
+            let repeats = match bounded(
+                self.limit(),
+                "batches",
+                stores.batches.add_lines(self.batch.id, &lines),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     self.abort(e.to_string()).await;
@@ -530,7 +540,13 @@ impl<'a> Ingest<'a> {
             self.publish(publish).await?;
         }
         let errors = std::mem::take(&mut self.errors);
-        if let Err(e) = stores.batches.add_errors(self.batch.id, &errors).await {
+        if let Err(e) = bounded(
+            self.limit(),
+            "batches",
+            stores.batches.add_errors(self.batch.id, &errors),
+        )
+        .await
+        {
             self.abort(e.to_string()).await;
             return Err(e.into());
         }
@@ -547,7 +563,8 @@ impl<'a> Ingest<'a> {
         let published = envelopes.len() as u64;
         let outcomes: Vec<_> = futures::stream::iter(envelopes)
             .map(|env| async move {
-                let result = publish(state, &env).await;
+                let result =
+                    bounded(state.config.store_timeout, "queue", publish(state, &env)).await;
                 (env.job_id, result)
             })
             .buffer_unordered(PUBLISH_CONCURRENCY)
@@ -557,11 +574,18 @@ impl<'a> Ingest<'a> {
         for (id, result) in outcomes {
             if let Err(e) = result {
                 let message = format!("could not be queued: {e}");
-                if let Ok(Some(mut record)) = self.state.stores.audit.get(id).await {
+                if let Ok(Some(mut record)) =
+                    bounded(self.limit(), "audit", self.state.stores.audit.get(id)).await
+                {
                     record.status = JobStatus::Failed;
                     record.finished_at = Some(now_millis());
                     record.error = Some(message.clone());
-                    let _ = self.state.stores.audit.finish(&record).await;
+                    let _ = bounded(
+                        self.limit(),
+                        "audit",
+                        self.state.stores.audit.finish(&record),
+                    )
+                    .await;
                 }
                 first_error.get_or_insert(e);
             }
@@ -580,14 +604,22 @@ impl<'a> Ingest<'a> {
         let model = self.state.backend.model_id();
         let high_water = self.state.config.batches.queue_high_water;
         loop {
-            match self.state.stores.batches.get(self.batch.id).await? {
+            match bounded(
+                self.limit(),
+                "batches",
+                self.state.stores.batches.get(self.batch.id),
+            )
+            .await?
+            {
                 Some(b) if b.status == BatchStatus::Validating => {}
                 _ => {
                     self.stopped = true;
                     return Ok(());
                 }
             }
-            if self.state.stores.queue.depth(model).await? < high_water {
+            if bounded(self.limit(), "queue", self.state.stores.queue.depth(model)).await?
+                < high_water
+            {
                 return Ok(());
             }
             tokio::time::sleep(BACKPRESSURE_POLL).await;
@@ -598,17 +630,20 @@ impl<'a> Ingest<'a> {
     async fn abort(&mut self, why: impl Into<String>) {
         let stores = &self.state.stores;
         let now = now_millis();
-        let _ = stores
-            .batches
-            .transition(
-                self.batch.id,
-                &[BatchStatus::Validating],
-                BatchStatus::Failed,
-                now,
-                Some(why.into()),
-            )
-            .await;
-        let _ = stores.batches.cancel_queued(self.batch.id, now).await;
+        let failed = stores.batches.transition(
+            self.batch.id,
+            &[BatchStatus::Validating],
+            BatchStatus::Failed,
+            now,
+            Some(why.into()),
+        );
+        let _ = bounded(self.limit(), "batches", failed).await;
+        let _ = bounded(
+            self.limit(),
+            "batches",
+            stores.batches.cancel_queued(self.batch.id, now),
+        )
+        .await;
         self.stopped = true;
     }
 
@@ -626,7 +661,12 @@ impl<'a> Ingest<'a> {
         if self.stopped {
             // Cancelled while uploading: lines published after the cancel took effect must not
             // run either.
-            stores.batches.cancel_queued(self.batch.id, now).await?;
+            bounded(
+                self.limit(),
+                "batches",
+                stores.batches.cancel_queued(self.batch.id, now),
+            )
+            .await?;
         } else if self.accepted == 0 {
             let why = if self.line == 0 {
                 "the input file has no lines"
