@@ -7,29 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Backing, Harness, MODEL, database_url, direct};
+use common::{Backing, Harness, MODEL, assert_same_scores, database_url, direct};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// Same shape, model and usage as the engine called directly, scores within 1e-4: the engine
-/// packs a line with whatever else is queued, and another batch composition moves f32 sums by
-/// a few 1e-6.
-fn assert_scores(got: &Value, want: &Value) {
-    assert_eq!(got["model"], want["model"], "{got} vs {want}");
-    assert_eq!(got["usage"], want["usage"], "{got} vs {want}");
-    assert_eq!(got["object"], want["object"], "{got} vs {want}");
-    let rows = |v: &Value| -> Vec<Vec<f64>> {
-        serde_json::from_value(v["scores"].clone()).expect("scores")
-    };
-    let (g, w) = (rows(got), rows(want));
-    assert_eq!(g.len(), w.len(), "{got} vs {want}");
-    for (gr, wr) in g.iter().zip(&w) {
-        assert_eq!(gr.len(), wr.len(), "{got} vs {want}");
-        for (a, b) in gr.iter().zip(wr) {
-            assert!((a - b).abs() <= 1e-4, "{got} vs {want}");
-        }
-    }
-}
 
 fn body(item: &str) -> Value {
     json!({
@@ -239,7 +219,7 @@ async fn happy_path(backing: Backing) {
                 .as_str()
                 .is_some_and(|s| s.starts_with("batch_req_"))
         );
-        assert_scores(
+        assert_same_scores(
             &line["response"]["body"],
             &direct(&h.engine, &body(it)).await,
         );
@@ -309,7 +289,7 @@ async fn openai_form_multipart() {
     let out = c.lines(&format!("/v1/batches/{id}/output")).await;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0]["custom_id"], "a");
-    assert_scores(
+    assert_same_scores(
         &out[0]["response"]["body"],
         &direct(&h.engine, &body(" apple")).await,
     );
@@ -380,7 +360,7 @@ async fn bad_lines(backing: Backing) {
     keys.sort();
     assert_eq!(keys, vec!["ok-1", "ok-2"]);
     // The first ok-1 is the one that ran.
-    assert_scores(
+    assert_same_scores(
         &out["ok-1"]["response"]["body"],
         &direct(&h.engine, &body(" apple")).await,
     );
@@ -636,7 +616,7 @@ async fn worker_killed_mid_batch() {
     let out = by_custom_id(c.lines(&format!("/v1/batches/{id}/output")).await);
     assert_eq!(out.len(), n);
     for (i, item) in items.iter().enumerate() {
-        assert_scores(
+        assert_same_scores(
             &out[&format!("k{i:02}")]["response"]["body"],
             &direct(&h.engine, &body(item)).await,
         );
