@@ -437,6 +437,8 @@ def main() -> None:
     ap.add_argument("--only", choices=sorted(MODELS), action="append")
     ap.add_argument("--skip-scores", action="store_true", help="tokenization and weights only (fast)")
     ap.add_argument("--tiny-only", action="store_true", help="only the tiny HF checkpoints (seconds)")
+    ap.add_argument("--tiny-archs", action="store_true",
+                    help="only the tiny per-architecture checkpoints of tiny_archs.py (seconds)")
     args = ap.parse_args()
 
     import torch
@@ -444,10 +446,19 @@ def main() -> None:
 
     set_threads()
     GOLDENS.mkdir(parents=True, exist_ok=True)
-    tiny_hf_models()
-    if args.tiny_only:
+    import tiny_archs  # beside this file (python puts the script's folder on sys.path)
+
+    if args.tiny_only or args.tiny_archs:
+        if args.tiny_only:
+            tiny_hf_models()
+        if args.tiny_archs:
+            tiny_archs.main()
         return
-    quant_type_goldens(args.models_dir / MODELS["qwen2.5-coder-0.5b-instruct-q4_k_m"])
+    # `--only` regenerates the named models and nothing else (the tiny and quant-type files stay).
+    if not args.only:
+        tiny_hf_models()
+        tiny_archs.main()
+        quant_type_goldens(args.models_dir / MODELS["qwen2.5-coder-0.5b-instruct-q4_k_m"])
 
     for alias, fname in MODELS.items():
         if args.only and alias not in args.only:
