@@ -36,6 +36,8 @@ GOLDENS = HERE / "goldens"
 MODELS = {
     "qwen2.5-coder-0.5b-instruct-q4_k_m": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     "smollm2-135m-instruct-q4_1": "smollm2-135m-instruct-q4_1.gguf",
+    # Gemma 3 270M (base), published under Gemma's terms of use (see the top-level README).
+    "gemma-3-270m-q4_k_m": "gemma-3-270m-q4_k_m.gguf",
 }
 
 TOKENIZATION_STRINGS = [
@@ -84,6 +86,37 @@ TOKENIZATION_STRINGS = [
 ]
 
 
+# Strings that exercise a SentencePiece (tokenizer.ggml.model "llama") vocabulary: its control and
+# user-defined tokens, byte fallback, runs of spaces (stored as real spaces in Gemma's GGUF), the
+# literal "\u2581" and BOS written in the text. Only the Gemma file gets them (the Qwen/SmolLM2 files
+# were written before; regenerating them leaves them as they are).
+SENTENCEPIECE_STRINGS = [
+    "<start_of_turn>user\nIs Tokyo a city?<end_of_turn>\n<start_of_turn>model\n",
+    "<bos>text after a written BOS",
+    "<eos>",
+    "text<eos>more<pad><unk><mask>",
+    "<unused0><unused6241>",
+    "<start_of_image>[multimodal]<end_of_image>",
+    "<b>bold</b> <i>it</i> <s>strike</s> <table><tr><td>1</td></tr></table>",
+    "<code>x</code><h1>T</h1>",
+    " x",
+    "  two leading",
+    "a  b   c    d     e",
+    "                                   thirty-five spaces",
+    "tail  ",
+    "\t\tindented\n\t\t\ttabs",
+    "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nmany newlines",
+    "\u2581literal lower one eighth block\u2581\u2581",
+    "\u0000nul \u0001\u0002\u007f control bytes",
+    "private use \ue000\uf8ff and \U000f0000",
+    "rare CJK ext. B \U00020000\U0002a6d6 and cuneiform \U00012000",
+    "\u1f00\u1f01 \u0f00 \u2c00 \ua500",
+    "Yes.",
+    "No,",
+    "yes no YES NO",
+]
+
+
 def set_threads() -> None:
     import torch
 
@@ -117,9 +150,24 @@ def label_sets(tok, yes: int, no: int) -> dict[str, list[int]]:
     }
 
 
-def case_set(tok, yes: int, no: int) -> list[dict]:
+CHATML = {"user": "<|im_start|>user\n", "end": "<|im_end|>\n", "assistant": "<|im_start|>assistant\n"}
+GEMMA_TURNS = {"user": "<start_of_turn>user\n", "end": "<end_of_turn>\n", "assistant": "<start_of_turn>model\n"}
+
+
+def long_facts(n: int) -> str:
+    """A long, deterministic, natural-looking text (about 12 tokens a line)."""
+    return "".join(f"Fact {i}: the number {i} is {'even' if i % 2 == 0 else 'odd'}.\n" for i in range(1, n + 1))
+
+
+def case_set(tok, yes: int, no: int, chat: dict = CHATML, id_prefix: tuple[int, ...] = ()) -> list[dict]:
+    """The /v1/score requests of every model's golden file.
+
+    `chat` holds the model's own turn markers (ChatML for Qwen/SmolLM2, Gemma's turns for Gemma);
+    `id_prefix` starts every token-id prompt (Gemma's BOS: a text prompt gets it from the tokenizer,
+    an id prompt only if the client sends it, and Gemma is not meant to run without it).
+    """
     labels = label_sets(tok, yes, no)
-    chat_q = "<|im_start|>user\nIs this city in Japan? Answer Yes or No.<|im_end|>\n<|im_start|>assistant\n"
+    chat_q = f"{chat['user']}Is this city in Japan? Answer Yes or No.{chat['end'].rstrip()}\n{chat['assistant']}"
     cases = [
         dict(name="pledge_empty_and_to", query="I pledge allegiance", items=["", " to"],
              label_token_ids=labels["4"], apply_softmax=False),
@@ -156,8 +204,8 @@ def case_set(tok, yes: int, no: int) -> list[dict]:
         dict(name="chat_template", query=chat_q, items=["Tokyo", "Paris"],
              label_token_ids=[yes, no], apply_softmax=True),
         dict(name="chat_template_item_first",
-             query="<|im_end|>\n<|im_start|>assistant\n", items=["<|im_start|>user\nIs Osaka in Japan?",
-                                                                "<|im_start|>user\nIs Lyon in Japan?"],
+             query=f"{chat['end']}{chat['assistant']}", items=[f"{chat['user']}Is Osaka in Japan?",
+                                                               f"{chat['user']}Is Lyon in Japan?"],
              label_token_ids=[yes, no], item_first=True, apply_softmax=False),
         dict(name="empty_item", query="Hello there", items=["", " friend"],
              label_token_ids=labels["2"], apply_softmax=True),
@@ -171,14 +219,15 @@ def case_set(tok, yes: int, no: int) -> list[dict]:
              label_token_ids=[[yes, no], labels["4"][2:4]], apply_softmax=True),
     ]
     # Token-id inputs: ids are concatenated as lists, never re-tokenized.
-    q_ids = tok("The weather today is", add_special_tokens=False).input_ids
+    pre = list(id_prefix)
+    q_ids = pre + tok("The weather today is", add_special_tokens=False).input_ids
     cases += [
         dict(name="token_ids_softmax", query=q_ids,
              items=[tok(" sunny", add_special_tokens=False).input_ids,
                     tok(" rainy and cold", add_special_tokens=False).input_ids],
              label_token_ids=labels["2"], apply_softmax=True),
-        dict(name="token_ids_probs_item_first", query=q_ids,
-             items=[tok("Tomorrow", add_special_tokens=False).input_ids, [yes, no, yes]],
+        dict(name="token_ids_probs_item_first", query=q_ids[len(pre):],
+             items=[pre + tok("Tomorrow", add_special_tokens=False).input_ids, pre + [yes, no, yes]],
              label_token_ids=labels["8"], apply_softmax=False, item_first=True),
         dict(name="token_ids_empty_item", query=q_ids, items=[[], [single_id(tok, " warm")]],
              label_token_ids=labels["4"], apply_softmax=True, temperature=1.5),
@@ -186,9 +235,10 @@ def case_set(tok, yes: int, no: int) -> list[dict]:
     return cases
 
 
-def compute_case(tok, model, case: dict) -> dict:
+def compute_case(tok, model, case: dict, forward_kwargs: dict | None = None) -> dict:
     import torch
 
+    forward_kwargs = forward_kwargs or {}
     out = {
         "name": case["name"],
         "query": case["query"],
@@ -211,7 +261,7 @@ def compute_case(tok, model, case: dict) -> dict:
             raise SystemExit(f"case {case['name']}: empty prompt")
         labels = case["label_token_ids"][idx] if per_item_labels else case["label_token_ids"]
         with torch.no_grad():
-            logits = model(torch.tensor([ids], dtype=torch.long)).logits[0, -1].to(torch.float64)
+            logits = model(torch.tensor([ids], dtype=torch.long), **forward_kwargs).logits[0, -1].to(torch.float64)
         lp = torch.log_softmax(logits, dim=-1)[torch.tensor(labels)]
         if out["apply_softmax"]:
             sc = torch.softmax(lp / out["temperature"], dim=-1)
@@ -227,7 +277,78 @@ def compute_case(tok, model, case: dict) -> dict:
     return out
 
 
-def gguf_to_hf_name(name: str) -> str:
+# Gemma 3's per-layer norms: llama.cpp's `ffn_norm` is Gemma's PRE-feed-forward norm (on Llama it is
+# `post_attention_layernorm`), and its `post_attention_norm` is Gemma's `post_attention_layernorm`.
+GEMMA3_PARTS = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+
+
+def long_cases(tok, yes: int, no: int, bos: int) -> list[dict]:
+    """Prompts longer than Gemma 3's 512-token sliding window (about 840 tokens), several items.
+
+    After "Answer:" the natural next token is " Yes" / " No" (one token each with the space in a
+    SentencePiece vocabulary), so those are scored beside the bare "Yes" / "No".
+    """
+    labels = [single_id(tok, " Yes"), single_id(tok, " No"), yes, no]
+    q = long_facts(60) + "Question: is the number 7 odd? Answer Yes or No.\nAnswer:"
+    q_ids = tok(q).input_ids
+    if len(q_ids) <= 600 or q_ids[0] != bos:
+        raise SystemExit(f"long query has {len(q_ids)} tokens (want > 600, starting with BOS)")
+    return [
+        dict(name="long_past_window_probs", query=q, items=["", " Yes", " No"],
+             label_token_ids=labels, apply_softmax=False),
+        dict(name="long_past_window_items", query=q,
+             items=[" Yes", " No, it is even.", " The number 7 is odd, so the answer is"],
+             label_token_ids=label_sets(tok, yes, no)["4"], apply_softmax=True),
+        dict(name="long_token_ids", query=q_ids,
+             items=[[], tok(" Yes", add_special_tokens=False).input_ids, [yes, no]],
+             label_token_ids=labels, apply_softmax=False),
+    ]
+
+
+def window_effect(model, ids: list[int], forward_kwargs: dict) -> float:
+    """How much the last-position log-probs move when the sliding window is lifted (0 = not applied)."""
+    import torch
+
+    def last(m):
+        with torch.no_grad():
+            return torch.log_softmax(m(torch.tensor([ids]), **forward_kwargs).logits[0, -1].double(), dim=-1)
+
+    windowed = last(model)
+    saved = model.config.sliding_window
+    model.config.sliding_window = 1 << 20
+    try:
+        lifted = last(model)
+    finally:
+        model.config.sliding_window = saved
+    return float((windowed - lifted).abs().max())
+
+
+# Per-model differences. The Qwen/SmolLM2 entries are empty: their files keep the content they were
+# committed with.
+GEMMA_OPTIONS = dict(
+    extra_strings=SENTENCEPIECE_STRINGS,
+    chat=GEMMA_TURNS,
+    bos_in_id_prompts=True,
+    long_cases=True,
+    # Eager: the plain masked softmax, where transformers applies the sliding window in the mask
+    # (checked below: lifting the window moves the long prompts' log-probs). No KV cache in a single
+    # forward, and only the last position's logits (the 262,144-wide head is large).
+    load_kwargs={"attn_implementation": "eager"},
+    forward_kwargs={"use_cache": False, "logits_to_keep": 1},
+    weight_extras=("blk.0.post_attention_norm.weight", "blk.0.ffn_norm.weight", "blk.0.post_ffw_norm.weight",
+                   "blk.5.attn_q.weight", "blk.5.attn_k.weight", "blk.17.attn_norm.weight"),
+)
+MODEL_OPTIONS = {"gemma-3-270m-q4_k_m": GEMMA_OPTIONS}
+
+
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str:
     fixed = {
         "token_embd.weight": "model.embed_tokens.weight",
         "output_norm.weight": "model.norm.weight",
@@ -236,6 +357,8 @@ def gguf_to_hf_name(name: str) -> str:
     if name in fixed:
         return fixed[name]
     _, layer, rest = name.split(".", 2)
+    if arch == "gemma3" and rest in GEMMA3_PARTS:
+        return f"model.layers.{layer}.{GEMMA3_PARTS[rest]}"
     part = {
         "attn_norm.weight": "input_layernorm.weight",
         "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -262,27 +385,31 @@ def checksum(t: np.ndarray) -> float:
     return float((t * weight).sum())
 
 
-def weight_goldens(path: Path, model) -> list[dict]:
+def weight_goldens(path: Path, model, extras: tuple[str, ...] = ()) -> list[dict]:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
+    arch = str(reader.fields["general.architecture"].contents())
     wanted = {}
     for t in reader.tensors:
         # One tensor per GGML type, plus the Q/K projections of layer 0 (the permuted ones on llama).
         if t.tensor_type.name not in {w["type"] for w in wanted.values()} or t.name.startswith("blk.0.attn_"):
             wanted[t.name] = {"type": t.tensor_type.name}
-    for extra in ("output_norm.weight", "blk.1.attn_k.weight", "blk.1.attn_q.weight"):
+    for extra in ("output_norm.weight", "blk.1.attn_k.weight", "blk.1.attn_q.weight") + extras:
         if extra in [t.name for t in reader.tensors]:
             wanted.setdefault(extra, {"type": next(t.tensor_type.name for t in reader.tensors if t.name == extra)})
     state = model.state_dict()
     out = []
     for gname, info in sorted(wanted.items()):
-        hname = gguf_to_hf_name(gname)
+        hname = gguf_to_hf_name(gname, arch)
         if hname not in state:
             continue
         w = state[hname].detach().float().numpy()
         entry = {"gguf_name": gname, "hf_name": hname, "ggml_type": info["type"], "shape": list(w.shape),
                  "checksum": checksum(w)}
+        if arch == "gemma3" and "norm.weight" in gname:
+            # llama.cpp stores Gemma's (1 + w) norm weights as 1 + w; transformers subtracts the 1 again.
+            entry["hf_equals"] = "gguf - 1"
         if w.ndim == 2:
             entry["first_rows"] = [[float(x) for x in w[r, :16]] for r in range(min(3, w.shape[0]))]
             entry["last_row_tail"] = [float(x) for x in w[-1, -16:]]
@@ -464,11 +591,15 @@ def main() -> None:
         if args.only and alias not in args.only:
             continue
         t0 = time.time()
+        opts = MODEL_OPTIONS.get(alias, {})
+        fwd = opts.get("forward_kwargs", {})
         tok = AutoTokenizer.from_pretrained(str(args.models_dir), gguf_file=fname)
-        model = AutoModelForCausalLM.from_pretrained(str(args.models_dir), gguf_file=fname, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(args.models_dir), gguf_file=fname, dtype=torch.float32,
+                                                     **opts.get("load_kwargs", {}))
         model.eval()
         print(f"{alias}: loaded in {time.time() - t0:.1f}s", file=sys.stderr)
         yes, no = single_id(tok, "Yes"), single_id(tok, "No")
+        strings = TOKENIZATION_STRINGS + opts.get("extra_strings", [])
         doc = {
             "alias": alias,
             "gguf_file": fname,
@@ -479,13 +610,31 @@ def main() -> None:
             "no_id": no,
             "tokenization": [
                 {"text": s, "ids": tok(s).input_ids, "decoded": tok.decode(tok(s).input_ids)}
-                for s in TOKENIZATION_STRINGS
+                for s in strings
             ],
-            "weights": weight_goldens(args.models_dir / fname, model),
+            "weights": weight_goldens(args.models_dir / fname, model, opts.get("weight_extras", ())),
         }
+        if opts:
+            doc["space_yes_id"], doc["space_no_id"] = single_id(tok, " Yes"), single_id(tok, " No")
+            doc["bos_token_id"] = tok.bos_token_id
+            doc["add_bos_token"] = bool(tok.add_bos_token)
+            doc["attn_implementation"] = model.config._attn_implementation
+            doc["sliding_window"] = getattr(model.config, "sliding_window", None)
+            doc["layer_types"] = getattr(model.config, "layer_types", None)
         if not args.skip_scores:
             t1 = time.time()
-            doc["score_cases"] = [compute_case(tok, model, c) for c in case_set(tok, yes, no)]
+            bos = [tok.bos_token_id] if opts.get("bos_in_id_prompts") else []
+            cases = case_set(tok, yes, no, opts.get("chat", CHATML), tuple(bos))
+            if opts.get("long_cases"):
+                cases += long_cases(tok, yes, no, tok.bos_token_id)
+            doc["score_cases"] = [compute_case(tok, model, c, fwd) for c in cases]
+            if opts.get("long_cases"):
+                long_ids = doc["score_cases"][-3]["prompt_token_ids"][0]
+                effect = window_effect(model, long_ids, fwd)
+                doc["sliding_window_check"] = {"prompt_tokens": len(long_ids),
+                                               "max_logprob_change_if_lifted": effect}
+                if effect < 1e-3:
+                    raise SystemExit(f"{alias}: the sliding window changes nothing at {len(long_ids)} tokens")
             print(f"{alias}: {len(doc['score_cases'])} cases in {time.time() - t1:.1f}s", file=sys.stderr)
         path = GOLDENS / f"{alias}.json"
         if args.skip_scores and path.exists():
