@@ -8,6 +8,7 @@ use serde_json::Value;
 
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
 const SMOLLM: &str = "smollm2-135m-instruct-q4_1";
+const GEMMA: &str = "gemma-3-270m-q4_k_m";
 
 fn model_path(alias: &str) -> PathBuf {
     let home = std::env::var_os("SCORER_HOME")
@@ -83,6 +84,38 @@ fn matches_hf(alias: &str) -> Tokenizer {
     tok
 }
 
+/// Every id a golden string encodes to decodes (alone and in sequence) as HF decodes it: byte
+/// fallback pieces fuse back into their characters, "▁" back into spaces.
+fn decode_round_trips(alias: &str, tok: &Tokenizer) {
+    let gold = golden(alias);
+    for case in gold["tokenization"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = ids(&case["ids"]);
+        let decoded = tok.decode(&ids).unwrap();
+        let bos = tok.bos_token_id().map(|b| tok.id_to_token(b).unwrap());
+        let without_bos = match &bos {
+            Some(b) if gold["add_bos_token"].as_bool() == Some(true) => {
+                decoded.strip_prefix(b.as_str()).unwrap_or(&decoded)
+            }
+            _ => &decoded,
+        };
+        // Only "▁" written in the text does not come back (it decodes to a space, as in HF).
+        assert_eq!(
+            without_bos,
+            text.replace('\u{2581}', " "),
+            "{alias}: {text:?} does not round-trip"
+        );
+        // Re-encoding the decoded text gives the same ids back.
+        if !text.contains('\u{2581}') {
+            assert_eq!(
+                tok.encode(without_bos).unwrap(),
+                ids,
+                "{alias}: re-encode {text:?}"
+            );
+        }
+    }
+}
+
 /// The prompt ids of every text score case are also what HF tokenized (query+item as one string).
 fn score_prompts_match(alias: &str, tok: &Tokenizer) {
     let gold = golden(alias);
@@ -144,6 +177,37 @@ fn smollm2_gguf_tokenizer_matches_hf() {
     assert_eq!((tok.bos_token_id(), tok.eos_token_id()), (Some(1), Some(2)));
 }
 
+/// Gemma 3's SentencePiece GGUF (`tokenizer.ggml.model = "llama"`): BPE with byte fallback whose
+/// merges are derived from the vocabulary, BOS 2 added, control and user-defined tokens whole.
+#[test]
+fn gemma3_sentencepiece_gguf_tokenizer_matches_hf() {
+    let started = std::time::Instant::now();
+    let tok = matches_hf(GEMMA);
+    println!(
+        "gemma tokenizer built and checked in {:.2?}",
+        started.elapsed()
+    );
+    score_prompts_match(GEMMA, &tok);
+    decode_round_trips(GEMMA, &tok);
+    let gold = golden(GEMMA);
+    assert_eq!(
+        tok.encode("").unwrap(),
+        vec![2],
+        "BOS added to an empty text"
+    );
+    assert_eq!((tok.bos_token_id(), tok.eos_token_id()), (Some(2), Some(1)));
+    assert_eq!(tok.encode("<start_of_turn>").unwrap(), vec![2, 105]);
+    assert_eq!(tok.encode("<end_of_turn>").unwrap(), vec![2, 106]);
+    assert_eq!(
+        tok.encode(" Yes").unwrap(),
+        vec![2, gold["space_yes_id"].as_u64().unwrap() as u32]
+    );
+    // A character outside the vocabulary falls back to its UTF-8 bytes (<0xF3> <0xB0> <0x80> <0x80>).
+    let bytes: Vec<u32> = "\u{f0000}".bytes().map(|b| 238 + u32::from(b)).collect();
+    assert_eq!(tok.encode("\u{f0000}").unwrap()[1..], bytes[..]);
+    assert_eq!(tok.decode(&bytes).unwrap(), "\u{f0000}");
+}
+
 /// `tokenizer.json` directories (tiny BPEs saved by transformers; the llama one adds a BOS through
 /// its post-processor) encode exactly as `AutoTokenizer.from_pretrained(dir)` does.
 #[test]
@@ -173,4 +237,58 @@ fn hf_directory_tokenizers_match_hf() {
         );
         assert_eq!(tok.bos_token_id(), bos, "{name}: bos id from config.json");
     }
+}
+
+/// The other SentencePiece paths, on tiny GGUFs of a vocabulary trained by sentencepiece
+/// (`tests/reference/tiny_sentencepiece.py`): `llama` (Llama 2 / Mistral: Metaspace, merges
+/// ordered by the scores, `<unk>` special) and `phi3` (a prepended "▁" normalizer).
+#[test]
+fn tiny_sentencepiece_gguf_tokenizers_match_hf() {
+    let goldens = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/goldens");
+    let gold: Value =
+        serde_json::from_slice(&std::fs::read(goldens.join("tiny_sentencepiece.json")).unwrap())
+            .unwrap();
+    let files = gold["files"].as_object().unwrap();
+    assert_eq!(files.len(), 2);
+    for (name, entry) in files {
+        let tok = Tokenizer::from_gguf(&goldens.join(name)).unwrap();
+        assert_eq!(
+            tok.vocab_size() as u64,
+            entry["vocab_size"].as_u64().unwrap(),
+            "{name}"
+        );
+        let mut failures = Vec::new();
+        for case in entry["tokenization"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let got = tok.encode(text).unwrap();
+            if got != ids(&case["ids"]) {
+                failures.push(format!("{text:?}: got {got:?}, want {}", case["ids"]));
+                continue;
+            }
+            let decoded = tok.decode(&got).unwrap();
+            if decoded != case["decoded"].as_str().unwrap() {
+                failures.push(format!(
+                    "{text:?}: decoded {decoded:?}, want {}",
+                    case["decoded"]
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{name}:\n{}", failures.join("\n"));
+        assert_eq!(tok.encode("").unwrap(), vec![1], "{name}: BOS <s> added");
+    }
+}
+
+/// A GGUF tokenizer model the engine does not implement (here T5's Unigram) is refused by name,
+/// never approximated by another one.
+#[test]
+fn unimplemented_gguf_tokenizer_model_is_refused_by_name() {
+    let goldens = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/goldens");
+    let err = match Tokenizer::from_gguf(&goldens.join("tiny-unigram-t5.gguf")) {
+        Ok(_) => panic!("a t5 (Unigram) GGUF tokenizer was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("tokenizer.ggml.model") && err.contains("\"t5\""),
+        "error must name the field and its value: {err}"
+    );
 }

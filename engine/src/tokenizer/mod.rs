@@ -1,24 +1,27 @@
 //! Text <-> token ids, identical to Hugging Face's tokenizer for the same model.
 //!
 //! Hugging Face directories ship `tokenizer.json`, which the `tokenizers` crate reads as is. A GGUF
-//! file only stores the vocabulary, merges, token types and the name of its pre-tokenizer; from those
-//! we rebuild the same byte-level BPE that transformers builds in
-//! `integrations/gguf/gguf_tokenizer_mapping.py` (vocabulary respelled into the byte alphabet,
-//! control tokens added as special tokens, user-defined ones as plain added tokens, the split regex
-//! chosen by `tokenizer.ggml.pre`).
+//! file only stores the vocabulary (with scores and token types), perhaps merges, and a few flags;
+//! from those we rebuild the tokenizer transformers builds in
+//! `integrations/gguf/gguf_tokenizer_mapping.py`, chosen by `tokenizer.ggml.model`:
+//! - `gpt2`: byte-level BPE ([`bpe_gguf`]: Qwen2, SmolLM2, Llama 3 ...);
+//! - `llama`: SentencePiece BPE with byte fallback ([`sentencepiece_gguf`]: Gemma, Llama 2,
+//!   Mistral, Phi-3 ...).
+//!
+//! Any other model (`t5`'s Unigram, `bert`'s WordPiece, `rwkv` ...) is refused by name: a
+//! tokenizer that almost matches would score the wrong tokens without any sign of it.
+//! Both builders share the GGUF vocabulary reading, the control / user-defined tokens and the
+//! BOS/EOS post-processor, which live here.
+
+mod bpe_gguf;
+mod sentencepiece_gguf;
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
-use tokenizers::decoders::byte_level::ByteLevel;
-use tokenizers::models::bpe::{BPE, Merges, Vocab};
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{
-    AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-};
+use tokenizers::{AddedToken, PostProcessorWrapper};
 
 use crate::weights::gguf::GgufFile;
 
@@ -26,37 +29,139 @@ use crate::weights::gguf::GgufFile;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// Qwen2's split regex (transformers `models/qwen2/tokenization_qwen2.py`): digits one at a time.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The tokenizer models a GGUF file may name in `tokenizer.ggml.model` that are implemented.
+const SUPPORTED_GGUF_MODELS: &str = "\"gpt2\" (byte-level BPE), \"llama\" (SentencePiece BPE)";
 
-/// Llama 3's split regex: digits in groups of up to three.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The split regex transformers pairs with a `tokenizer.ggml.pre` name; `None` keeps GPT-2's
-/// built-in ByteLevel regex (what transformers does for names it does not list, `smollm` included).
-fn split_regex_for(pre: &str) -> Option<&'static str> {
-    match pre {
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => Some(QWEN2_SPLIT),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "dbrx" | "smaug-bpe" => Some(LLAMA3_SPLIT),
-        _ => None,
-    }
+/// What a GGUF file says about its tokenizer (the `tokenizer.ggml.*` keys transformers reads).
+struct GgufVocab<'a> {
+    /// `general.architecture`: picks the SentencePiece variant (Gemma, Phi-3, plain).
+    architecture: String,
+    tokens: Vec<&'a str>,
+    /// Token types, one per token (empty when the file has none).
+    types: Vec<i64>,
+    /// `tokenizer.ggml.merges`, when the file has them.
+    merges: Option<Vec<&'a str>>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
 }
 
-/// GPT-2's reversible byte -> printable char map (`bytes_to_unicode`).
-fn byte_alphabet() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut extra = 0u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        table[b as usize] = if printable {
-            char::from(b)
-        } else {
-            extra += 1;
-            char::from_u32(255 + extra).unwrap_or('\u{FFFD}')
+impl<'a> GgufVocab<'a> {
+    fn read(g: &'a GgufFile, model: &str) -> Result<Self> {
+        let tokens = g
+            .meta_strings("tokenizer.ggml.tokens")?
+            .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.tokens"))?;
+        let types = g
+            .meta_i64s("tokenizer.ggml.token_type")?
+            .unwrap_or_default();
+        let id = |k: &str| -> Result<Option<u32>> {
+            let Some(v) = g.meta_u64(k)? else {
+                return Ok(None);
+            };
+            let v = u32::try_from(v)?;
+            if v as usize >= tokens.len() {
+                bail!(
+                    "GGUF {k} = {v} is outside the vocabulary of {}",
+                    tokens.len()
+                );
+            }
+            Ok(Some(v))
         };
+        // transformers: a SentencePiece ("llama") file without the flag adds a BOS, as llama.cpp does.
+        let add_bos_default = model == "llama";
+        Ok(Self {
+            architecture: g.meta_string("general.architecture")?.unwrap_or_default(),
+            merges: g.meta_strings("tokenizer.ggml.merges")?,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            pad: id("tokenizer.ggml.padding_token_id")?,
+            add_bos: g
+                .meta_bool("tokenizer.ggml.add_bos_token")?
+                .unwrap_or(add_bos_default),
+            add_eos: g
+                .meta_bool("tokenizer.ggml.add_eos_token")?
+                .unwrap_or(false),
+            tokens,
+            types,
+        })
     }
-    table
+
+    fn tokens_of_type(&self, ty: i64) -> impl Iterator<Item = &'a str> + '_ {
+        self.tokens
+            .iter()
+            .zip(&self.types)
+            .filter(move |(_, t)| **t == ty)
+            .map(|(tok, _)| *tok)
+    }
+
+    /// Adds the tokens the file marks as control as special tokens, the user-defined ones (when
+    /// the model's vocabulary holds them) as plain added tokens, then the named specials
+    /// (bos/eos/unk/pad) not added yet — transformers' `add_gguf_special_tokens` followed by
+    /// `TokenizersBackend.__init__`. All match whole in raw text (`normalized = false`).
+    /// `keep_control` filters control tokens (the byte-level vocabulary skips mislabelled ones).
+    fn add_special_tokens(
+        &self,
+        inner: &mut tokenizers::Tokenizer,
+        keep_control: impl Fn(&str) -> bool,
+    ) {
+        let control: Vec<AddedToken> = self
+            .tokens_of_type(TOKEN_TYPE_CONTROL)
+            .filter(|t| keep_control(t))
+            .map(|t| AddedToken::from(t, true).normalized(false))
+            .collect();
+        inner.add_special_tokens(&control);
+        let user: Vec<AddedToken> = self
+            .tokens_of_type(TOKEN_TYPE_USER_DEFINED)
+            .filter(|t| inner.token_to_id(t).is_some())
+            .map(|t| AddedToken::from(t, false).normalized(false))
+            .collect();
+        inner.add_tokens(&user);
+        let added: HashSet<String> = inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .map(|t| t.content)
+            .collect();
+        let named: Vec<AddedToken> = [self.bos, self.eos, self.unk, self.pad]
+            .into_iter()
+            .flatten()
+            .map(|id| self.tokens[id as usize])
+            .filter(|t| !added.contains(*t))
+            .map(|t| AddedToken::from(t, true).normalized(false))
+            .collect();
+        inner.add_special_tokens(&named);
+    }
+
+    /// transformers' `update_post_processor`: `<bos> $A <eos>` with each end only when its flag is
+    /// set (a flag without its token is dropped, as transformers does).
+    fn post_processor(&self) -> Result<Option<PostProcessorWrapper>> {
+        let bos = self.bos.filter(|_| self.add_bos);
+        let eos = self.eos.filter(|_| self.add_eos);
+        if bos.is_none() && eos.is_none() {
+            return Ok(None);
+        }
+        let mut single = Vec::new();
+        let mut specials = Vec::new();
+        if let Some(id) = bos {
+            single.push(format!("{}:0", self.tokens[id as usize]));
+            specials.push((self.tokens[id as usize].to_owned(), id));
+        }
+        single.push("$A:0".to_owned());
+        if let Some(id) = eos {
+            single.push(format!("{}:0", self.tokens[id as usize]));
+            specials.push((self.tokens[id as usize].to_owned(), id));
+        }
+        let template = TemplateProcessing::builder()
+            .try_single(single.join(" "))
+            .map_err(|e| anyhow!("BOS/EOS template: {e}"))?
+            .special_tokens(specials)
+            .build()
+            .map_err(|e| anyhow!("BOS/EOS template: {e}"))?;
+        Ok(Some(PostProcessorWrapper::Template(template)))
+    }
 }
 
 pub struct Tokenizer {
@@ -66,118 +171,31 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer a GGUF file describes (byte-level BPE, `tokenizer.ggml.model = gpt2`).
+    /// Builds the tokenizer a GGUF file describes; refuses a `tokenizer.ggml.model` not implemented.
     pub fn from_gguf(path: &Path) -> Result<Tokenizer> {
         let g = GgufFile::open(path)?;
-        let model = g.meta_string("tokenizer.ggml.model")?.unwrap_or_default();
-        if model != "gpt2" {
-            bail!(
-                "GGUF tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\")"
-            );
-        }
-        let tokens = g
-            .meta_strings("tokenizer.ggml.tokens")?
-            .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.tokens"))?;
-        let merges_raw = g
-            .meta_strings("tokenizer.ggml.merges")?
-            .ok_or_else(|| anyhow!("GGUF has no tokenizer.ggml.merges"))?;
-        let types = g
-            .meta_i64s("tokenizer.ggml.token_type")?
-            .unwrap_or_default();
-        let pre = g.meta_string("tokenizer.ggml.pre")?.unwrap_or_default();
-        let id = |k: &str| -> Result<Option<u32>> {
-            g.meta_u64(k)?
-                .map(u32::try_from)
-                .transpose()
-                .map_err(Into::into)
+        let model = g
+            .meta_string("tokenizer.ggml.model")?
+            .ok_or_else(|| anyhow!("GGUF {} has no tokenizer.ggml.model", path.display()))?;
+        let vocab = match model.as_str() {
+            "gpt2" | "llama" => GgufVocab::read(&g, &model)?,
+            other => bail!(
+                "GGUF tokenizer.ggml.model = {other:?} is not supported (supported: {SUPPORTED_GGUF_MODELS})"
+            ),
         };
-        let bos = id("tokenizer.ggml.bos_token_id")?;
-        let eos = id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = g
-            .meta_bool("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(false);
-
-        let alphabet = byte_alphabet();
-        let in_alphabet: HashSet<char> = alphabet.iter().copied().collect();
-        let spelled = |t: &str| t.chars().all(|c| in_alphabet.contains(&c));
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let key = if spelled(t) {
-                    (*t).to_owned()
-                } else {
-                    t.bytes().map(|b| alphabet[b as usize]).collect()
-                };
-                (key, i as u32)
-            })
-            .collect();
-        let merges: Merges = merges_raw
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| anyhow!("malformed merge {m:?}"))
-            })
-            .collect::<Result<_>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| anyhow!("build BPE: {e}"))?;
-
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let byte_level = |use_regex| ByteLevel::new(false, true, use_regex);
-        let pre_tokenizer: PreTokenizerWrapper = match split_regex_for(&pre) {
-            Some(regex) => {
-                let split = Split::new(
-                    SplitPattern::Regex(regex.to_owned()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| anyhow!("split regex for {pre:?}: {e}"))?;
-                Sequence::new(vec![split.into(), byte_level(false).into()]).into()
-            }
-            None => byte_level(true).into(),
+        let inner = if model == "gpt2" {
+            let pre = g.meta_string("tokenizer.ggml.pre")?.unwrap_or_default();
+            bpe_gguf::build(&vocab, &pre)?
+        } else {
+            let scores = gguf_f32s(&g, "tokenizer.ggml.scores")?;
+            sentencepiece_gguf::build(&vocab, scores.as_deref())?
         };
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
-        if add_bos {
-            let bos_id =
-                bos.ok_or_else(|| anyhow!("add_bos_token is set but there is no bos id"))?;
-            let bos_tok = tokens
-                .get(bos_id as usize)
-                .ok_or_else(|| anyhow!("bos id {bos_id} outside the vocabulary"))?;
-            let template = TemplateProcessing::builder()
-                .try_single(format!("{bos_tok} $A"))
-                .map_err(|e| anyhow!("bos template: {e}"))?
-                .special_tokens(vec![((*bos_tok).to_owned(), bos_id)])
-                .build()
-                .map_err(|e| anyhow!("bos template: {e}"))?;
-            inner.with_post_processor(Some(PostProcessorWrapper::Template(template)));
-        }
-
-        // Control tokens spelled outside the byte alphabet are llama.cpp mislabels that
-        // transformers skips; user-defined ones must match whole in text but are not special.
-        let control: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(t, ty)| **ty == TOKEN_TYPE_CONTROL && spelled(t))
-            .map(|(t, _)| AddedToken::from(*t, true).normalized(false))
-            .collect();
-        inner.add_special_tokens(&control);
-        let user: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, ty)| **ty == TOKEN_TYPE_USER_DEFINED)
-            .map(|(t, _)| AddedToken::from(*t, false).normalized(false))
-            .collect();
-        inner.add_tokens(&user);
-
-        tracing::debug!(pre = %pre, vocab = tokens.len(), control = control.len(), "GGUF tokenizer built");
+        tracing::debug!(model = %model, arch = %vocab.architecture, vocab = vocab.tokens.len(),
+            "GGUF tokenizer built");
         Ok(Self {
             inner,
-            bos_token_id: bos,
-            eos_token_id: eos,
+            bos_token_id: vocab.bos,
+            eos_token_id: vocab.eos,
         })
     }
 
@@ -250,6 +268,24 @@ impl Tokenizer {
     }
 }
 
+/// A metadata array of floats (`tokenizer.ggml.scores`), read here so the weights module's GGUF
+/// accessors stay about tensors and scalars.
+fn gguf_f32s(g: &GgufFile, key: &str) -> Result<Option<Vec<f32>>> {
+    use candle_core::quantized::gguf_file::Value;
+    let Some(v) = g.get(key) else {
+        return Ok(None);
+    };
+    let arr = v.to_vec().map_err(|e| anyhow!("GGUF key {key}: {e}"))?;
+    arr.iter()
+        .map(|x| match x {
+            Value::F32(f) => Ok(*f),
+            Value::F64(f) => Ok(*f as f32),
+            other => Err(anyhow!("GGUF key {key}: expected floats, found {other:?}")),
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,16 +295,5 @@ mod tests {
     fn tokenizer_is_shareable_across_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<Tokenizer>();
-    }
-
-    #[test]
-    fn byte_alphabet_is_gpt2s() {
-        let a = byte_alphabet();
-        assert_eq!(a[b'A' as usize], 'A');
-        assert_eq!(a[b' ' as usize], '\u{120}'); // "Ġ"
-        assert_eq!(a[b'\n' as usize], '\u{10A}'); // "Ċ"
-        assert_eq!(a[0xAD], '\u{143}');
-        let unique: HashSet<char> = a.iter().copied().collect();
-        assert_eq!(unique.len(), 256);
     }
 }
