@@ -566,6 +566,8 @@ def main() -> None:
     ap.add_argument("--tiny-only", action="store_true", help="only the tiny HF checkpoints (seconds)")
     ap.add_argument("--tiny-archs", action="store_true",
                     help="only the tiny per-architecture checkpoints of tiny_archs.py (seconds)")
+    ap.add_argument("--tiny-sentencepiece", action="store_true",
+                    help="only the tiny SentencePiece GGUF vocabularies of tiny_sentencepiece.py (seconds)")
     args = ap.parse_args()
 
     import torch
@@ -574,17 +576,21 @@ def main() -> None:
     set_threads()
     GOLDENS.mkdir(parents=True, exist_ok=True)
     import tiny_archs  # beside this file (python puts the script's folder on sys.path)
+    import tiny_sentencepiece
 
-    if args.tiny_only or args.tiny_archs:
+    if args.tiny_only or args.tiny_archs or args.tiny_sentencepiece:
         if args.tiny_only:
             tiny_hf_models()
         if args.tiny_archs:
             tiny_archs.main()
+        if args.tiny_sentencepiece:
+            tiny_sentencepiece.main()
         return
     # `--only` regenerates the named models and nothing else (the tiny and quant-type files stay).
     if not args.only:
         tiny_hf_models()
         tiny_archs.main()
+        tiny_sentencepiece.main()
         quant_type_goldens(args.models_dir / MODELS["qwen2.5-coder-0.5b-instruct-q4_k_m"])
 
     for alias, fname in MODELS.items():
