@@ -16,7 +16,7 @@
 //! `SPEC` is a path or a plugin name (`cpu`, `cuda13`, `cuda12`, `tpu`), resolved by
 //! `scorer_engine::pjrt::discover::resolve_plugin`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -138,7 +138,7 @@ impl Case {
     }
 }
 
-fn read_cases(path: &PathBuf) -> Result<Vec<Case>> {
+fn read_cases(path: &Path) -> Result<Vec<Case>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: Value = serde_json::from_str(&text)?;
@@ -148,12 +148,12 @@ fn read_cases(path: &PathBuf) -> Result<Vec<Case>> {
 
 fn engine(
     common: &Common,
-    model: &PathBuf,
+    model: &Path,
     dtype: &str,
     max_batch_tokens: usize,
     prefix_cache: bool,
 ) -> Result<(Engine, f64)> {
-    let mut cfg = EngineConfig::new(model.clone(), "device-check".into());
+    let mut cfg = EngineConfig::new(model.to_path_buf(), "device-check".into());
     if !prefix_cache {
         cfg.prefix_cache_bytes = 0;
     }
@@ -231,7 +231,7 @@ fn probe(common: &Common, options: &ClientOptions) -> Result<Value> {
     Ok(out)
 }
 
-fn score(common: &Common, model: &PathBuf, dtype: &str, cases: &PathBuf) -> Result<Value> {
+fn score(common: &Common, model: &Path, dtype: &str, cases: &Path) -> Result<Value> {
     let cases = read_cases(cases)?;
     let (engine, load_s) = engine(common, model, dtype, 4096, true)?;
     let t = Instant::now();
@@ -250,9 +250,9 @@ fn score(common: &Common, model: &PathBuf, dtype: &str, cases: &PathBuf) -> Resu
 #[allow(clippy::too_many_arguments)]
 fn bench(
     common: &Common,
-    model: &PathBuf,
+    model: &Path,
     dtype: &str,
-    inputs: &PathBuf,
+    inputs: &Path,
     iters: usize,
     warmup: usize,
     sat: (usize, usize, usize),

@@ -350,7 +350,20 @@ impl std::fmt::Debug for Plugin {
 /// Where the CPU plugin lives: `$SCORER_PJRT_PLUGIN` if set, else
 /// `$SCORER_HOME/plugins/xla-cpu-pjrt-0.0.1/xla_cpu_pjrt.so` with `SCORER_HOME`
 /// defaulting to `$HOME/.cache/scorer`.
+///
+/// A plugin name in `SCORER_PJRT_PLUGIN` (`cuda13`, `tpu`, ...) is resolved by
+/// [`super::discover::resolve_plugin`]; if that finds nothing the name is kept, so loading it
+/// fails with the loader's message.
 pub fn default_plugin_path() -> PathBuf {
+    if let Some(spec) = std::env::var_os("SCORER_PJRT_PLUGIN").and_then(|v| v.into_string().ok())
+        && super::discover::PluginName::parse(&spec).is_some()
+        && !Path::new(&spec).exists()
+    {
+        match super::discover::resolve_plugin(&spec) {
+            Ok(path) => return path,
+            Err(e) => tracing::warn!(error = %e, "SCORER_PJRT_PLUGIN"),
+        }
+    }
     plugin_path_from(
         std::env::var_os("SCORER_PJRT_PLUGIN"),
         std::env::var_os("SCORER_HOME"),
