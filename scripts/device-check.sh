@@ -24,6 +24,8 @@ started=$(date +%s)
 PLATFORM=${DEVICE_CHECK_PLATFORM:-cuda}
 SMALL=${DEVICE_CHECK_SMALL:-0}
 PY=${PYTHON:-python3}
+# Plugin discovery asks this interpreter first for its sys.path (then $VIRTUAL_ENV, python3).
+export SCORER_PYTHON=${SCORER_PYTHON:-$(command -v "$PY")}
 OUT=${OUT:-$(mktemp -d /tmp/device-check.XXXXXX)}
 WORK=${DEVICE_CHECK_WORK:-$OUT/work}
 HF=scripts/device_check_hf.py
@@ -116,8 +118,11 @@ for arch in qwen2 qwen3; do
   for dtype in f32 bf16; do
     step "${arch}_engine_$dtype" "$LIMIT_ENGINE" "$BIN" score --plugin "$PLUGIN" --model "$model" \
          --dtype "$dtype" --cases "$OUT/${arch}_cases.json"
-    if grep -q "unsupported model architecture" "$OUT/${arch}_engine_$dtype.err" 2>/dev/null; then
-      skip=$(grep -m1 "unsupported model architecture" "$OUT/${arch}_engine_$dtype.err" | sed 's/^ *//')
+    # The engine refusing the model at load (e.g. Qwen3 before it is supported) skips the
+    # model with the engine's own message; any other failure is reported as a failure.
+    refusal='unsupported model architecture|unsupported .*model_type|not supported|does not implement'
+    if [ ! -s "$OUT/${arch}_engine_$dtype.json" ] && grep -Eqi "$refusal" "$OUT/${arch}_engine_$dtype.err" 2>/dev/null; then
+      skip=$(grep -Ei -m1 "$refusal" "$OUT/${arch}_engine_$dtype.err" | sed 's/^ *//' | cut -c1-300)
       log "$arch: SKIPPED, the engine refuses the architecture: $skip"
       break
     fi

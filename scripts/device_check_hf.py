@@ -239,11 +239,33 @@ def compare(engine_json, hf_json) -> dict:
     return {"cases": len(per), "max_abs_diff": max(per.values(), default=float("nan")), "per_case": per}
 
 
+def why_failed(part: Path) -> str:
+    """The engine's or Python's error line from the step's .err file, if there is one."""
+    errs = [part.with_suffix(".err"), part.with_name(part.name.rsplit("_", 1)[0] + ".err")]
+    for err in errs:
+        if err.is_file():
+            lines = [l.strip() for l in err.read_text(errors="replace").splitlines()]
+            lines = [l for l in lines if l and not l[0].isdigit() and not l.startswith("at ")]
+            for i, l in enumerate(lines):
+                if l.startswith(("Error", "DEVICE_CHECK", "RuntimeError", "torch.", "PJRT")) or "Error:" in l:
+                    chunk = []
+                    for m in lines[i:i + 8]:
+                        if m.startswith("Stack backtrace"):
+                            break
+                        if m != "Caused by:":
+                            chunk.append(m)
+                    return " | ".join(chunk)[:400]
+            if lines:
+                return lines[-1][:300]
+    return "no result (timed out or skipped past the deadline; see the log)"
+
+
 def summarize(a) -> None:
-    parts = {}
+    parts, paths = {}, {}
     for kv in a.part:
         name, _, path = kv.partition("=")
         p = Path(path)
+        paths[name] = p
         parts[name] = json.loads(p.read_text()) if p.is_file() and p.stat().st_size else None
     out = {"platform": a.platform, "small": a.small, "wall_s": a.wall_s, "errors": []}
     for model in ("qwen2", "qwen3"):
@@ -297,7 +319,7 @@ def summarize(a) -> None:
                                                                    "client_error")}
     for name, v in parts.items():
         if v is None and not name.endswith("_skip"):
-            out["errors"].append(f"{name}: no result (see the log)")
+            out["errors"].append(f"{name}: {why_failed(paths[name])}")
     print(json.dumps(out, indent=1))
 
 
