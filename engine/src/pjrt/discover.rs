@@ -547,6 +547,23 @@ mod tests {
             err.contains("libmissing.so.1") && err.contains("does not exist"),
             "{err}"
         );
+
+        // A listed library that exists is loaded (RTLD_GLOBAL) before the plugin.
+        let real = Path::new("/usr/lib/x86_64-linux-gnu/libz.so.1");
+        if real.is_file() {
+            let sidecar = Sidecar {
+                preload: vec![real.to_path_buf()],
+                ..sidecar
+            };
+            std::fs::write(
+                plugin.with_file_name(SIDECAR),
+                serde_json::to_string(&sidecar).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(preload_for(&plugin).unwrap(), vec![real.to_path_buf()]);
+        } else {
+            println!("SKIPPED the dlopen half: no {}", real.display());
+        }
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -264,6 +264,9 @@ impl Plugin {
             };
             pjrt_call!(api, PJRT_Plugin_Initialize, &mut a)?;
         }
+        tracing::info!(plugin = %path.display(), api_version = %format!("{major}.{minor}"),
+            table_slots = (table.struct_size.saturating_sub(40)) / size_of::<ffi::Unused>(),
+            "PJRT plugin loaded");
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 api,
