@@ -102,7 +102,7 @@ fi
 for arch in qwen2 qwen3; do
   model="$WORK/$arch"
   if [ "$(limit 120)" -lt 20 ]; then log "$arch SKIPPED: past the deadline"; continue; fi
-  if ! timeout "$(limit 120)" "$PY" $HF make-model --arch "$arch" $SMALL_FLAG --out "$model" \
+  if ! timeout "$(limit 120)" "$PY" $HF make-model --arch "$arch" $SMALL_FLAG --device "$TORCH_DEVICE" --out "$model" \
        >> "$LOG" 2>> "$OUT/$arch-make.err"; then
     log "$arch: making the checkpoint FAILED: $(tail -n 2 "$OUT/$arch-make.err")"
     continue
