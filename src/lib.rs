@@ -6,3 +6,4 @@ pub mod bulk;
 pub mod fetch;
 pub mod home;
 pub mod keys;
+pub mod plugins;

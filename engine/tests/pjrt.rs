@@ -42,9 +42,11 @@ fn plugin_loads_with_api_0_81_or_newer() {
     let (major, minor) = p.api_version();
     assert_eq!(major, 0);
     assert!(minor >= 81, "plugin API 0.{minor}");
-    // Built from the same header: the plugin's table is exactly as long as ours.
+    // 0.81 has the first 118 of the 138 slots we declare (0.113): a shorter table, whose
+    // end `has_slot` respects.
     if minor == 81 {
-        assert_eq!(p.api_struct_size(), pjrt::ffi::PJRT_Api::STRUCT_SIZE);
+        assert_eq!(p.api_struct_size(), 40 + 118 * 8);
+        assert!(p.api_struct_size() < pjrt::ffi::PJRT_Api::STRUCT_SIZE);
     }
     // Loading the same file again shares the already initialized plugin.
     assert_eq!(

@@ -9,6 +9,7 @@ use super::buffer::{Buffer, RawBuffer, count_h2d};
 use super::error::{Error, Result, code};
 use super::executable::LoadedExecutable;
 use super::ffi;
+use super::options::ClientOptions;
 use super::plugin::{Api, Event, Plugin, copy_str, pjrt_call};
 use super::types::{ElementType, NativeType};
 
@@ -124,6 +125,14 @@ impl Client {
     /// Creates a client with the plugin's default options.
     pub fn new(plugin: &Plugin) -> Result<Client> {
         Client::with_options(plugin, &[])
+    }
+
+    /// Creates a client with typed options (see [`ClientOptions`]).
+    pub fn with_client_options(plugin: &Plugin, options: &ClientOptions) -> Result<Client> {
+        let named = options.named_values();
+        let refs: Vec<(&str, ClientOption)> =
+            named.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        Client::with_options(plugin, &refs)
     }
 
     /// Creates a client with plugin-specific options (see [`ClientOption`] for the
@@ -378,6 +387,7 @@ impl Client {
             // Null: keep the options stored in the serialized executable (portable).
             overridden_serialized_compile_options: ptr::null(),
             overridden_serialized_compile_options_size: 0,
+            load_options: ptr::null_mut(),
         };
         pjrt_call!(self.inner.api(), PJRT_Executable_DeserializeAndLoad, &mut a)?;
         LoadedExecutable::from_raw(self.inner.clone(), a.loaded_executable)

@@ -133,6 +133,10 @@ impl LoadedExecutable {
             num_tasks: 0,
             task_ids: ptr::null_mut(),
             incarnation_ids: ptr::null_mut(),
+            multi_slice_config: ptr::null_mut(),
+            use_major_to_minor_data_layout_for_callbacks: false,
+            hlo_output_callbacks: ptr::null_mut(),
+            num_hlo_output_callbacks: 0,
         };
         let mut a = ffi::PJRT_LoadedExecutable_Execute_Args {
             struct_size: ffi::PJRT_LoadedExecutable_Execute_Args::STRUCT_SIZE,

@@ -1,5 +1,10 @@
 //! A safe layer over the PJRT C API (XLA's plugin interface), written against
-//! `pjrt_c_api.h` 0.81 and the `xla-cpu-pjrt` plugin.
+//! `pjrt_c_api.h` 0.113 and tested on the `xla-cpu-pjrt` plugin (0.81); the CUDA plugin
+//! (`jax-cuda13-pjrt`, 0.115) and libtpu load through the same code.
+//!
+//! `discover` turns a `--pjrt-plugin` value (a path or `cpu`, `cuda13`, `cuda12`, `tpu`)
+//! into a plugin file, looking in `SCORER_HOME` and the user's Python environments, and
+//! preloads the NVIDIA libraries a CUDA plugin needs before it is opened.
 //!
 //! `Plugin` loads the shared library; `Client` owns devices, uploads buffers and compiles
 //! StableHLO (MLIR text); `LoadedExecutable` runs on a chosen device; `Buffer` copies
@@ -12,9 +17,11 @@
 
 mod buffer;
 mod client;
+pub mod discover;
 mod error;
 mod executable;
 pub mod ffi;
+mod options;
 mod plugin;
 mod types;
 
@@ -22,5 +29,9 @@ pub use buffer::{Buffer, d2h_bytes_thread, d2h_bytes_total, h2d_bytes_total};
 pub use client::{Client, ClientOption, Device};
 pub use error::{Error, Result, code};
 pub use executable::LoadedExecutable;
-pub use plugin::{AttributeValue, Plugin, default_plugin_path};
+pub use options::{ClientOptions, GpuAllocator, OptionError, parse_option};
+pub use plugin::{
+    AttributeValue, HEADER_API_VERSION, MIN_MINOR_VERSION, Plugin, VersionMismatch,
+    check_api_version, default_plugin_path,
+};
 pub use types::{ElementType, NativeType};

@@ -10,10 +10,42 @@ use std::sync::{Arc, Mutex};
 use super::error::{Error, Result, code};
 use super::ffi;
 
+/// The `pjrt_c_api.h` version our declarations follow (see `ffi`).
+pub const HEADER_API_VERSION: (i32, i32) = (0, 113);
+
 /// Oldest API minor version this layer accepts. Our argument structs are laid out as in
-/// 0.81; plugins accept larger structs than their own but older plugins lack slots we
-/// call (`execute_device`, `DeserializeAndLoad` options), so we refuse them up front.
-const MIN_MINOR_VERSION: i32 = 60;
+/// 0.113; plugins accept larger structs than their own, but plugins older than 0.60
+/// lack fields we rely on (`execute_device`, `DeserializeAndLoad` options), so we refuse
+/// them up front. Newer 0.x plugins are accepted: within major 0 the header only
+/// appends fields and slots, and every slot is checked before use (`has_slot`).
+pub const MIN_MINOR_VERSION: i32 = 60;
+
+/// A plugin whose PJRT C API version cannot work with these declarations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the plugin implements PJRT C API {}.{}, this build is written against {}.{} and works \
+     with plugins {}.{} to {}.x ({})",
+    plugin.0, plugin.1, HEADER_API_VERSION.0, HEADER_API_VERSION.1,
+    HEADER_API_VERSION.0, MIN_MINOR_VERSION, HEADER_API_VERSION.0,
+    if plugin.0 != HEADER_API_VERSION.0 {
+        "a different major version changes the ABI"
+    } else {
+        "too old: it lacks fields and functions this build calls"
+    }
+)]
+pub struct VersionMismatch {
+    /// `(major, minor)` the plugin reports.
+    pub plugin: (i32, i32),
+}
+
+/// Whether a plugin reporting PJRT C API `plugin` can work with these declarations.
+pub fn check_api_version(plugin: (i32, i32)) -> std::result::Result<(), VersionMismatch> {
+    if plugin.0 == HEADER_API_VERSION.0 && plugin.1 >= MIN_MINOR_VERSION {
+        Ok(())
+    } else {
+        Err(VersionMismatch { plugin })
+    }
+}
 
 /// The plugin's function table. `'static` because plugins are never unloaded (see
 /// [`Plugin::load`]).
@@ -194,6 +226,7 @@ impl Plugin {
 
     fn open(path: &Path) -> Result<Plugin> {
         let fail = |what: String| Error::local(code::FAILED_PRECONDITION, what);
+        super::discover::preload_for(path).map_err(|e| fail(e.to_string()))?;
         // SAFETY: loading a shared library runs its initializers; a PJRT plugin is meant
         // to be dlopen-ed this way.
         let lib = unsafe { libloading::Library::new(path) }
@@ -216,11 +249,11 @@ impl Plugin {
             table.pjrt_api_version.major_version,
             table.pjrt_api_version.minor_version,
         );
-        if major != 0 || minor < MIN_MINOR_VERSION {
-            return Err(fail(format!(
-                "{}: PJRT API {major}.{minor} is not supported (need 0.{MIN_MINOR_VERSION} or newer 0.x)",
-                path.display()
-            )));
+        check_api_version((major, minor)).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        if (major, minor) > HEADER_API_VERSION {
+            tracing::info!(plugin = %path.display(), version = %format!("{major}.{minor}"),
+                header = %format!("{}.{}", HEADER_API_VERSION.0, HEADER_API_VERSION.1),
+                "the PJRT plugin is newer than our header; only functions both know are used");
         }
         let api = Api(table);
         let init_offset = std::mem::offset_of!(ffi::PJRT_Api, PJRT_Plugin_Initialize);
@@ -231,6 +264,9 @@ impl Plugin {
             };
             pjrt_call!(api, PJRT_Plugin_Initialize, &mut a)?;
         }
+        tracing::info!(plugin = %path.display(), api_version = %format!("{major}.{minor}"),
+            table_slots = (table.struct_size.saturating_sub(40)) / size_of::<ffi::Unused>(),
+            "PJRT plugin loaded");
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 api,
@@ -317,7 +353,20 @@ impl std::fmt::Debug for Plugin {
 /// Where the CPU plugin lives: `$SCORER_PJRT_PLUGIN` if set, else
 /// `$SCORER_HOME/plugins/xla-cpu-pjrt-0.0.1/xla_cpu_pjrt.so` with `SCORER_HOME`
 /// defaulting to `$HOME/.cache/scorer`.
+///
+/// A plugin name in `SCORER_PJRT_PLUGIN` (`cuda13`, `tpu`, ...) is resolved by
+/// [`super::discover::resolve_plugin`]; if that finds nothing the name is kept, so loading it
+/// fails with the loader's message.
 pub fn default_plugin_path() -> PathBuf {
+    if let Some(spec) = std::env::var_os("SCORER_PJRT_PLUGIN").and_then(|v| v.into_string().ok())
+        && super::discover::PluginName::parse(&spec).is_some()
+        && !Path::new(&spec).exists()
+    {
+        match super::discover::resolve_plugin(&spec) {
+            Ok(path) => return path,
+            Err(e) => tracing::warn!(error = %e, "SCORER_PJRT_PLUGIN"),
+        }
+    }
     plugin_path_from(
         std::env::var_os("SCORER_PJRT_PLUGIN"),
         std::env::var_os("SCORER_HOME"),
@@ -340,6 +389,11 @@ fn plugin_path_from(
             let home = home.map_or_else(|| PathBuf::from("."), PathBuf::from);
             home.join(".cache").join("scorer")
         });
+    plugin_path_in(&scorer_home)
+}
+
+/// Where `scorer fetch --plugin` puts the CPU plugin under `scorer_home`.
+pub(crate) fn plugin_path_in(scorer_home: &Path) -> PathBuf {
     scorer_home
         .join("plugins")
         .join("xla-cpu-pjrt-0.0.1")

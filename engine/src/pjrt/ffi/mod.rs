@@ -1,15 +1,21 @@
 //! Raw `#[repr(C)]` declarations for the subset of the PJRT C API this crate uses.
 //!
-//! Transcribed from `pjrt_c_api.h`, API version 0.81 (the header shipped with the
-//! `xla-cpu-pjrt` 0.0.1 wheel). Field order and types follow the header exactly;
+//! Transcribed from `pjrt_c_api.h` API version 0.113 (openxla/xla as vendored by
+//! zml/xla, the newest header text found; the `xla-cpu-pjrt` 0.0.1 wheel ships 0.81, the
+//! `jax-cuda13-pjrt` 0.11.2 plugin reports 0.115 with the same 138-slot table). Field order and types follow the header exactly;
 //! every argument struct carries `STRUCT_SIZE`, computed the way the header's
 //! `PJRT_STRUCT_SIZE(type, last_field)` macro does (offset of the last field plus its
 //! size, i.e. without trailing padding), because plugins compare `struct_size`
 //! against their own value and refuse smaller structs.
 //!
-//! The `PJRT_Api` function table declares every slot of 0.81 in order: a slot we do not
-//! call is still declared (as an untyped pointer) so that the offsets of later slots
-//! are right.
+//! The `PJRT_Api` function table ([`table`]) declares every slot of 0.113 in order: a
+//! slot we do not call is still declared (as an untyped pointer) so that the offsets of
+//! later slots are right.
+//!
+//! A plugin checks each argument struct with `struct_size >= its minimum` and ignores
+//! trailing fields it does not know, so structs declared at a newer layout than the
+//! plugin's work (fields it does not read are zeroed); [`minimum_sizes`] records what
+//! the CUDA 0.115 plugin demands.
 
 #![allow(
     non_camel_case_types,
@@ -413,6 +419,12 @@ pub struct PJRT_ExecuteOptions {
     pub num_tasks: usize,
     pub task_ids: *mut c_int,
     pub incarnation_ids: *mut i64,
+    // Added after 0.81 (present in 0.113). Zeroed: no multi-slice launch, no HLO output
+    // callbacks.
+    pub multi_slice_config: *mut c_void,
+    pub use_major_to_minor_data_layout_for_callbacks: bool,
+    pub hlo_output_callbacks: *mut c_void,
+    pub num_hlo_output_callbacks: usize,
 }
 
 #[repr(C)]
@@ -450,6 +462,8 @@ pub struct PJRT_Executable_DeserializeAndLoad_Args {
     pub loaded_executable: *mut PJRT_LoadedExecutable,
     pub overridden_serialized_compile_options: *const c_char,
     pub overridden_serialized_compile_options_size: usize,
+    /// `PJRT_LoadOptions*`, added after 0.81; null keeps the defaults.
+    pub load_options: *mut c_void,
 }
 
 // ---------------------------------- Buffers ----------------------------------
@@ -549,10 +563,10 @@ impl_struct_size! {
     PJRT_LoadedExecutable_Destroy_Args => executable,
     PJRT_LoadedExecutable_GetExecutable_Args => executable,
     PJRT_Executable_NumOutputs_Args => num_outputs,
-    PJRT_ExecuteOptions => incarnation_ids,
+    PJRT_ExecuteOptions => num_hlo_output_callbacks,
     PJRT_LoadedExecutable_Execute_Args => execute_device,
     PJRT_Executable_Serialize_Args => serialized_executable_deleter,
-    PJRT_Executable_DeserializeAndLoad_Args => overridden_serialized_compile_options_size,
+    PJRT_Executable_DeserializeAndLoad_Args => load_options,
     PJRT_Buffer_Destroy_Args => buffer,
     PJRT_Buffer_ElementType_Args => type_,
     PJRT_Buffer_Dimensions_Args => num_dims,
@@ -561,7 +575,7 @@ impl_struct_size! {
     PJRT_Buffer_CopyToDevice_Args => dst_buffer,
     PJRT_Buffer_ToHostBuffer_Args => event,
     PJRT_Buffer_ReadyEvent_Args => event,
-    PJRT_Api => PJRT_LoadedExecutable_GetDeviceAssignment,
+    PJRT_Api => PJRT_TopologyDescription_GetMemorySpaceKindIds,
 }
 
 // The plugin's own error for an old layout named this figure ("expected 88").
@@ -569,164 +583,6 @@ const _: () = assert!(PJRT_Client_Create_Args::STRUCT_SIZE == 88);
 // Trailing padding must not count: the header's macro ends at the last field.
 const _: () = assert!(PJRT_Error_GetCode_Args::STRUCT_SIZE == 28);
 
-/// A function taking `*mut Args` and returning an owned `PJRT_Error*` (null on success).
-pub type ErrFn<A> = Option<unsafe extern "C" fn(*mut A) -> *mut PJRT_Error>;
-/// A function taking `*mut Args` and returning nothing (the error accessors).
-pub type VoidFn<A> = Option<unsafe extern "C" fn(*mut A)>;
-/// A slot this crate never calls; declared only to keep later offsets right.
-pub type Unused = Option<unsafe extern "C" fn()>;
-
-/// The function table returned by `GetPjrtApi`, every slot of API 0.81 in header order.
-#[repr(C)]
-pub struct PJRT_Api {
-    pub struct_size: usize,
-    pub extension_start: *mut PJRT_Extension_Base,
-    pub pjrt_api_version: PJRT_Api_Version,
-
-    pub PJRT_Error_Destroy: VoidFn<PJRT_Error_Destroy_Args>,
-    pub PJRT_Error_Message: VoidFn<PJRT_Error_Message_Args>,
-    pub PJRT_Error_GetCode: ErrFn<PJRT_Error_GetCode_Args>,
-
-    pub PJRT_Plugin_Initialize: ErrFn<PJRT_Plugin_Initialize_Args>,
-    pub PJRT_Plugin_Attributes: ErrFn<PJRT_Plugin_Attributes_Args>,
-
-    pub PJRT_Event_Destroy: ErrFn<PJRT_Event_Destroy_Args>,
-    pub PJRT_Event_IsReady: Unused,
-    pub PJRT_Event_Error: Unused,
-    pub PJRT_Event_Await: ErrFn<PJRT_Event_Await_Args>,
-    pub PJRT_Event_OnReady: Unused,
-
-    pub PJRT_Client_Create: ErrFn<PJRT_Client_Create_Args>,
-    pub PJRT_Client_Destroy: ErrFn<PJRT_Client_Destroy_Args>,
-    pub PJRT_Client_PlatformName: ErrFn<PJRT_Client_PlatformName_Args>,
-    pub PJRT_Client_ProcessIndex: Unused,
-    pub PJRT_Client_PlatformVersion: ErrFn<PJRT_Client_PlatformVersion_Args>,
-    pub PJRT_Client_Devices: Unused,
-    pub PJRT_Client_AddressableDevices: ErrFn<PJRT_Client_AddressableDevices_Args>,
-    pub PJRT_Client_LookupDevice: Unused,
-    pub PJRT_Client_LookupAddressableDevice: Unused,
-    pub PJRT_Client_AddressableMemories: Unused,
-    pub PJRT_Client_Compile: ErrFn<PJRT_Client_Compile_Args>,
-    pub PJRT_Client_DefaultDeviceAssignment: Unused,
-    pub PJRT_Client_BufferFromHostBuffer: ErrFn<PJRT_Client_BufferFromHostBuffer_Args>,
-
-    pub PJRT_DeviceDescription_Id: ErrFn<PJRT_DeviceDescription_Id_Args>,
-    pub PJRT_DeviceDescription_ProcessIndex: Unused,
-    pub PJRT_DeviceDescription_Attributes: Unused,
-    pub PJRT_DeviceDescription_Kind: ErrFn<PJRT_DeviceDescription_Kind_Args>,
-    pub PJRT_DeviceDescription_DebugString: ErrFn<PJRT_DeviceDescription_DebugString_Args>,
-    pub PJRT_DeviceDescription_ToString: Unused,
-
-    pub PJRT_Device_GetDescription: ErrFn<PJRT_Device_GetDescription_Args>,
-    pub PJRT_Device_IsAddressable: Unused,
-    pub PJRT_Device_LocalHardwareId: ErrFn<PJRT_Device_LocalHardwareId_Args>,
-    pub PJRT_Device_AddressableMemories: Unused,
-    pub PJRT_Device_DefaultMemory: Unused,
-    pub PJRT_Device_MemoryStats: Unused,
-
-    pub PJRT_Memory_Id: Unused,
-    pub PJRT_Memory_Kind: Unused,
-    pub PJRT_Memory_DebugString: Unused,
-    pub PJRT_Memory_ToString: Unused,
-    pub PJRT_Memory_AddressableByDevices: Unused,
-
-    pub PJRT_Executable_Destroy: ErrFn<PJRT_Executable_Destroy_Args>,
-    pub PJRT_Executable_Name: Unused,
-    pub PJRT_Executable_NumReplicas: Unused,
-    pub PJRT_Executable_NumPartitions: Unused,
-    pub PJRT_Executable_NumOutputs: ErrFn<PJRT_Executable_NumOutputs_Args>,
-    pub PJRT_Executable_SizeOfGeneratedCodeInBytes: Unused,
-    pub PJRT_Executable_GetCostAnalysis: Unused,
-    pub PJRT_Executable_OutputMemoryKinds: Unused,
-    pub PJRT_Executable_OptimizedProgram: Unused,
-    pub PJRT_Executable_Serialize: ErrFn<PJRT_Executable_Serialize_Args>,
-
-    pub PJRT_LoadedExecutable_Destroy: ErrFn<PJRT_LoadedExecutable_Destroy_Args>,
-    pub PJRT_LoadedExecutable_GetExecutable: ErrFn<PJRT_LoadedExecutable_GetExecutable_Args>,
-    pub PJRT_LoadedExecutable_AddressableDevices: Unused,
-    pub PJRT_LoadedExecutable_Delete: Unused,
-    pub PJRT_LoadedExecutable_IsDeleted: Unused,
-    pub PJRT_LoadedExecutable_Execute: ErrFn<PJRT_LoadedExecutable_Execute_Args>,
-    pub PJRT_Executable_DeserializeAndLoad: ErrFn<PJRT_Executable_DeserializeAndLoad_Args>,
-    pub PJRT_LoadedExecutable_Fingerprint: Unused,
-
-    pub PJRT_Buffer_Destroy: ErrFn<PJRT_Buffer_Destroy_Args>,
-    pub PJRT_Buffer_ElementType: ErrFn<PJRT_Buffer_ElementType_Args>,
-    pub PJRT_Buffer_Dimensions: ErrFn<PJRT_Buffer_Dimensions_Args>,
-    pub PJRT_Buffer_UnpaddedDimensions: Unused,
-    pub PJRT_Buffer_DynamicDimensionIndices: Unused,
-    pub PJRT_Buffer_GetMemoryLayout: Unused,
-    pub PJRT_Buffer_OnDeviceSizeInBytes: ErrFn<PJRT_Buffer_OnDeviceSizeInBytes_Args>,
-    pub PJRT_Buffer_Device: ErrFn<PJRT_Buffer_Device_Args>,
-    pub PJRT_Buffer_Memory: Unused,
-    pub PJRT_Buffer_Delete: Unused,
-    pub PJRT_Buffer_IsDeleted: Unused,
-    pub PJRT_Buffer_CopyToDevice: ErrFn<PJRT_Buffer_CopyToDevice_Args>,
-    pub PJRT_Buffer_ToHostBuffer: ErrFn<PJRT_Buffer_ToHostBuffer_Args>,
-    pub PJRT_Buffer_IsOnCpu: Unused,
-    pub PJRT_Buffer_ReadyEvent: ErrFn<PJRT_Buffer_ReadyEvent_Args>,
-    pub PJRT_Buffer_UnsafePointer: Unused,
-    pub PJRT_Buffer_IncreaseExternalReferenceCount: Unused,
-    pub PJRT_Buffer_DecreaseExternalReferenceCount: Unused,
-    pub PJRT_Buffer_OpaqueDeviceMemoryDataPointer: Unused,
-
-    pub PJRT_CopyToDeviceStream_Destroy: Unused,
-    pub PJRT_CopyToDeviceStream_AddChunk: Unused,
-    pub PJRT_CopyToDeviceStream_TotalBytes: Unused,
-    pub PJRT_CopyToDeviceStream_GranuleSize: Unused,
-    pub PJRT_CopyToDeviceStream_CurrentBytes: Unused,
-
-    pub PJRT_TopologyDescription_Create: Unused,
-    pub PJRT_TopologyDescription_Destroy: Unused,
-    pub PJRT_TopologyDescription_PlatformName: Unused,
-    pub PJRT_TopologyDescription_PlatformVersion: Unused,
-    pub PJRT_TopologyDescription_GetDeviceDescriptions: Unused,
-    pub PJRT_TopologyDescription_Serialize: Unused,
-    pub PJRT_TopologyDescription_Attributes: Unused,
-
-    pub PJRT_Compile: Unused,
-
-    // Slots appended after the 0.x reordering; a plugin older than 0.81 may end before
-    // any of them, so callers check `struct_size` before using one.
-    pub PJRT_Executable_OutputElementTypes: Unused,
-    pub PJRT_Executable_OutputDimensions: Unused,
-    pub PJRT_Buffer_CopyToMemory: Unused,
-    pub PJRT_Client_CreateViewOfDeviceBuffer: Unused,
-    pub PJRT_Executable_Fingerprint: Unused,
-    pub PJRT_Client_TopologyDescription: Unused,
-    pub PJRT_Executable_GetCompiledMemoryStats: Unused,
-    pub PJRT_Memory_Kind_Id: Unused,
-    pub PJRT_ExecuteContext_Create: Unused,
-    pub PJRT_ExecuteContext_Destroy: Unused,
-    pub PJRT_Buffer_CopyRawToHost: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_Destroy: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_TransferData: Unused,
-    pub PJRT_Client_CreateBuffersForAsyncHostToDevice: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_RetrieveBuffer: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_Device: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_BufferCount: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_BufferSize: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_SetBufferError: Unused,
-    pub PJRT_AsyncHostToDeviceTransferManager_AddMetadata: Unused,
-    pub PJRT_Client_DmaMap: Unused,
-    pub PJRT_Client_DmaUnmap: Unused,
-    pub PJRT_Client_CreateUninitializedBuffer: Unused,
-    pub PJRT_Client_UpdateGlobalProcessInfo: Unused,
-    pub PJRT_TopologyDescription_Deserialize: Unused,
-    pub PJRT_Client_CreateAliasBuffer: Unused,
-    pub PJRT_Client_FulfillAliasBuffer: Unused,
-    pub PJRT_LoadedExecutable_GetDeviceAssignment: Unused,
-}
-
-/// The plugin's exported entry point.
-pub type GetPjrtApiFn = unsafe extern "C" fn() -> *const PJRT_Api;
-
-/// Number of function-pointer slots in the table above.
-pub const PJRT_API_SLOTS: usize = (size_of::<PJRT_Api>()
-    - core::mem::offset_of!(PJRT_Api, PJRT_Error_Destroy))
-    / size_of::<Unused>();
-
-// `pjrt_c_api.h` 0.81 declares 118 `_PJRT_API_STRUCT_FIELD` slots; a missed or extra
-// slot would shift every later function pointer.
-const _: () = assert!(PJRT_API_SLOTS == 118);
-const _: () = assert!(PJRT_Api::STRUCT_SIZE == 40 + 118 * 8);
+mod table;
+pub use table::*;
+pub mod minimum_sizes;
