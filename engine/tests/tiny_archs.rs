@@ -62,62 +62,23 @@ fn job(prompts: Vec<Vec<u32>>, vocab: usize) -> ScoreJob {
     }
 }
 
-/// Runs `passes` and puts each row at its item.
+/// Runs `passes` and puts each row at its (job, item).
 fn collect(
-    model: &Model,
     passes: Vec<Pass>,
-    n: usize,
+    jobs: &[&ScoreJob],
     run: impl Fn(&Pass) -> Vec<Vec<f32>>,
-) -> Vec<Vec<f32>> {
-    let _ = model;
-    let mut rows = vec![Vec::new(); n];
+) -> Vec<Vec<Vec<f32>>> {
+    let mut rows: Vec<Vec<Vec<f32>>> = jobs
+        .iter()
+        .map(|j| vec![Vec::new(); j.prompts.len()])
+        .collect();
     for pass in passes {
         let values = run(&pass);
         for (target, row) in pass.rows.iter().zip(values) {
-            rows[target.item] = row;
+            rows[target.job][target.item] = row;
         }
     }
     rows
-}
-
-/// Each prompt through the plain path, the shared-prefix packing and the prefix cache (the whole
-/// shareable prefix cached, and only part of it).
-fn all_paths(model: &Model, job: &ScoreJob) -> Vec<(&'static str, Vec<Vec<f32>>)> {
-    let head = HeadVariant::FullLogprobs;
-    let n = job.prompts.len();
-    let max = model.max_tokens();
-    let run = |p: &Pass| model.run(&p.batch, head).expect("forward pass");
-    let mut out = vec![
-        (
-            "plain",
-            collect(model, plan(&[job], Packing::PerItem, max), n, run),
-        ),
-        (
-            "shared prefix",
-            collect(model, plan(&[job], Packing::SharedPrefix, max), n, run),
-        ),
-    ];
-    let prefix = shareable_prefix(job).to_vec();
-    if prefix.len() >= 2 {
-        let kv = model.prefix_kv(&prefix).expect("prefix pass");
-        for (what, len) in [
-            ("prefix cache", prefix.len()),
-            ("part of a cached prefix", prefix.len() / 2),
-        ] {
-            let rest = ScoreJob {
-                prompts: job.prompts.iter().map(|p| p[len..].to_vec()).collect(),
-                ..job.clone()
-            };
-            let passes = plan_at(&[&rest], Packing::SharedPrefix, max, len);
-            let rows = collect(model, passes, n, |p| {
-                model
-                    .run_cached(&p.batch, head, &kv, len)
-                    .expect("cached pass")
-            });
-            out.push((what, rows));
-        }
-    }
-    out
 }
 
 fn assert_close(got: &[f32], want: &[f64], what: &str) -> f64 {
@@ -139,10 +100,67 @@ fn load(name: &str) -> (ModelWeights, &'static Value) {
     (w, gold)
 }
 
+/// One golden prompt: its ids and Hugging Face's last-position log-softmax.
+struct Golden {
+    what: String,
+    prompt: Vec<u32>,
+    want: Vec<f64>,
+}
+
+/// The model's golden prompts as jobs: first one job of the whole prompts (`cases`), then one
+/// job per `multi_item` entry (its items after its query).
+fn golden_jobs(name: &str, gold: &Value, vocab: usize) -> (Vec<ScoreJob>, Vec<Vec<Golden>>) {
+    let mut jobs = Vec::new();
+    let mut wants = Vec::new();
+    let cases: Vec<Golden> = gold["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| Golden {
+            what: format!("{name}/{}", c["name"].as_str().unwrap_or("?")),
+            prompt: ids(&c["ids"]),
+            want: floats(&c["last_logprobs"]),
+        })
+        .collect();
+    jobs.push(job(cases.iter().map(|g| g.prompt.clone()).collect(), vocab));
+    wants.push(cases);
+    for (m, mi) in gold["multi_item"]
+        .as_array()
+        .expect("multi_item")
+        .iter()
+        .enumerate()
+    {
+        let query = ids(&mi["query_ids"]);
+        let items = mi["items"].as_array().expect("items");
+        let want = mi["item_last_logprobs"]
+            .as_array()
+            .expect("item_last_logprobs");
+        let goldens: Vec<Golden> = items
+            .iter()
+            .zip(want)
+            .enumerate()
+            .map(|(k, (item, want))| Golden {
+                what: format!("{name}/multi {m} item {k}"),
+                prompt: [query.clone(), ids(item)].concat(),
+                want: floats(want),
+            })
+            .collect();
+        jobs.push(job(
+            goldens.iter().map(|g| g.prompt.clone()).collect(),
+            vocab,
+        ));
+        wants.push(goldens);
+    }
+    (jobs, wants)
+}
+
+/// Every golden prompt through the plain path (all in one pass, a segment each), the
+/// shared-prefix packing (every multi-item job's query once, its items after it, all jobs in one
+/// pass), and the prefix cache (each query's keys/values from a prefix pass, then its items
+/// attending all of them, or only the first half with the rest recomputed).
 fn check(name: &str, layout: LayerLayout) {
     let started = Instant::now();
     let (w, gold) = load(name);
-    let vocab = w.config.vocab_size;
     let model = Model::load_with(
         client(),
         &w,
@@ -152,75 +170,63 @@ fn check(name: &str, layout: LayerLayout) {
         },
     )
     .expect("model loads");
-    let mut worst = 0.0f64;
-    let cases = gold["cases"].as_array().expect("cases");
-    // Whole prompts: all of them in one job (one segment each on the plain path), and each alone
-    // for the cache path (its prefix is all but its last token).
-    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
-    let together = job(prompts.clone(), vocab);
+    let (jobs, wants) = golden_jobs(name, gold, w.config.vocab_size);
+    let refs: Vec<&ScoreJob> = jobs.iter().collect();
     let head = HeadVariant::FullLogprobs;
-    let plain = collect(
-        &model,
-        plan(&[&together], Packing::PerItem, model.max_tokens()),
-        prompts.len(),
-        |p| model.run(&p.batch, head).expect("forward pass"),
-    );
-    for (case, row) in cases.iter().zip(&plain) {
-        let cname = case["name"].as_str().unwrap_or("?");
-        worst = worst.max(assert_close(
-            row,
-            &floats(&case["last_logprobs"]),
-            &format!("{name}/{cname} plain"),
-        ));
-    }
-    for case in cases {
-        let cname = case["name"].as_str().unwrap_or("?");
-        let one = job(vec![ids(&case["ids"])], vocab);
-        let want = floats(&case["last_logprobs"]);
-        for (path, rows) in all_paths(&model, &one).into_iter().skip(2) {
-            worst = worst.max(assert_close(
-                &rows[0],
-                &want,
-                &format!("{name}/{cname} {path}"),
-            ));
+    let max = model.max_tokens();
+    let run = |p: &Pass| model.run(&p.batch, head).expect("forward pass");
+    let mut worst = 0.0f64;
+    let mut compare = |rows: &[Vec<f32>], goldens: &[Golden], path: &str| {
+        assert_eq!(
+            rows.len(),
+            goldens.len(),
+            "{name} {path}: one row per prompt"
+        );
+        for (row, g) in rows.iter().zip(goldens) {
+            worst = worst.max(assert_close(row, &g.want, &format!("{} ({path})", g.what)));
         }
-    }
-    for (m, mi) in gold["multi_item"]
-        .as_array()
-        .expect("multi_item")
+    };
+    for (rows, goldens) in collect(plan(&refs, Packing::PerItem, max), &refs, run)
         .iter()
-        .enumerate()
+        .zip(&wants)
     {
-        let query = ids(&mi["query_ids"]);
-        let items: Vec<Vec<u32>> = mi["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(ids)
-            .collect();
-        let prompts: Vec<Vec<u32>> = items
-            .iter()
-            .map(|i| [query.clone(), i.clone()].concat())
-            .collect();
-        let want: Vec<Vec<f64>> = mi["item_last_logprobs"]
-            .as_array()
-            .expect("item_last_logprobs")
-            .iter()
-            .map(floats)
-            .collect();
-        for (path, rows) in all_paths(&model, &job(prompts, vocab)) {
-            for (k, (row, want)) in rows.iter().zip(&want).enumerate() {
-                worst = worst.max(assert_close(
-                    row,
-                    want,
-                    &format!("{name}/multi {m} item {k} {path}"),
-                ));
-            }
+        compare(rows, goldens, "plain");
+    }
+    let multi = &refs[1..];
+    let shared = collect(plan(multi, Packing::SharedPrefix, max), multi, run);
+    for (rows, goldens) in shared.iter().zip(&wants[1..]) {
+        compare(rows, goldens, "shared prefix");
+    }
+    for (job, goldens) in multi.iter().zip(&wants[1..]) {
+        let prefix = shareable_prefix(job).to_vec();
+        assert!(
+            prefix.len() > 8,
+            "{name}: the query is longer than the window"
+        );
+        let kv = model.prefix_kv(&prefix).expect("prefix pass");
+        for (path, len) in [
+            ("prefix cache", prefix.len()),
+            ("part of a cached prefix", prefix.len() / 2),
+        ] {
+            let rest = ScoreJob {
+                prompts: job.prompts.iter().map(|p| p[len..].to_vec()).collect(),
+                ..(*job).clone()
+            };
+            let passes = plan_at(&[&rest], Packing::SharedPrefix, max, len);
+            let rows = collect(passes, &[&rest], |p| {
+                model
+                    .run_cached(&p.batch, head, &kv, len)
+                    .expect("cached pass")
+            });
+            compare(&rows[0], goldens, path);
         }
     }
+    let st = model.stats();
     eprintln!(
-        "{name} ({layout:?}): worst |ours - HF| = {worst:.2e}, {:.1} s",
-        started.elapsed().as_secs_f64()
+        "{name} ({layout:?}): worst |ours - HF| = {worst:.2e}, {:.1} s ({} compiles, {} ms)",
+        started.elapsed().as_secs_f64(),
+        st.compiles,
+        st.compile_ms_total,
     );
 }
 
