@@ -246,15 +246,13 @@ fn rope(
                 Some(v) => bail!("config.json rope_parameters.{k} must be an object, found {v}"),
             }
         };
-        if let Some(p) = params {
-            if let Some(k) = p
-                .keys()
+        if let Some(k) = params.and_then(|p| {
+            p.keys()
                 .find(|k| *k != "full_attention" && *k != "sliding_attention")
-            {
-                bail!(
-                    "config.json rope_parameters.{k} is not supported for gemma3 (full_attention, sliding_attention)"
-                );
-            }
+        }) {
+            bail!(
+                "config.json rope_parameters.{k} is not supported for gemma3 (full_attention, sliding_attention)"
+            );
         }
         // Legacy rope_scaling applies to full-attention layers (Gemma3TextConfig).
         let full = legacy.or(nested("full_attention")?);
