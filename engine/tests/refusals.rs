@@ -189,6 +189,11 @@ refusal!(
     "attn_logit_softcapping = 50"
 );
 refusal!(
+    attn_softcapping_on_gemma3,
+    with("gemma3_text", json!({"attn_logit_softcapping": 50.0})),
+    "attn_logit_softcapping = 50"
+);
+refusal!(
     attention_bias_on_llama,
     with("llama", json!({"attention_bias": true})),
     "attention_bias = true"
@@ -244,6 +249,19 @@ refusal!(
     ),
     "low_freq_factor"
 );
+
+/// MistralConfig's defaults: an absent sliding_window is 4096, an explicit null is none.
+#[test]
+fn mistral_sliding_window_defaults() {
+    let absent = parse_hf_config(&base("mistral"), "a".into()).expect("absent");
+    assert_eq!(absent.features.sliding_window, Some(4096));
+    // (`with` would remove a null key, so it is set by hand.)
+    let mut c = base("mistral");
+    c["sliding_window"] = Value::Null;
+    let none = parse_hf_config(&c, "n".into()).expect("null");
+    assert_eq!(none.features.sliding_window, None);
+    assert!(none.features.layer_attention.is_empty());
+}
 
 #[test]
 fn both_rope_spellings_resolve_alike() {
@@ -342,7 +360,7 @@ fn unused_checkpoint_tensor() {
     let e = weights::load(hf_dir("tiny-qwen3", &c, "unused").path()).expect_err("refused");
     let msg = format!("{e:#}");
     assert!(
-        msg.contains("q_norm.weight") && msg.contains("not used"),
+        msg.contains("model.layers.0.self_attn.k_norm.weight") && msg.contains("not used"),
         "{msg}"
     );
 }

@@ -70,7 +70,6 @@ pub(crate) struct Dims {
     /// Post-attention and post-feed-forward norms (Gemma).
     pub sandwich: bool,
     pub attn_scale_bits: u32,
-    pub attn_softcap_bits: Option<u32>,
     pub final_softcap_bits: Option<u32>,
     /// The distinct attention kinds, and per layer the index of its kind.
     pub variants: Vec<AttnVariant>,
@@ -128,7 +127,6 @@ impl Dims {
             qk_norm: f.qk_norm,
             sandwich: f.sandwich_norms,
             attn_scale_bits: scale.to_bits(),
-            attn_softcap_bits: bits(f.attn_softcap),
             final_softcap_bits: bits(f.final_softcap),
             variants,
             layer_variant,

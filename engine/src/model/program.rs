@@ -267,7 +267,6 @@ impl Ctx<'_> {
             self.precision,
         )?;
         let scores = b.mul_const(&scores, f32::from_bits(d.attn_scale_bits) as f64)?;
-        let scores = Self::softcap(b, &scores, d.attn_softcap_bits)?;
         let scores = b.reshape(&scores, &[nkv, g, t, kv_len])?;
         let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, kv_len], &[2, 3])?;
         let neg = b.scalar(ElemType::F32, MASKED);

@@ -125,9 +125,11 @@ pub(crate) fn refuse_unused<'a>(
     ignorable: impl Fn(&str) -> bool,
     arch: impl std::fmt::Display,
 ) -> Result<()> {
-    let extra: Vec<&str> = all
+    let mut extra: Vec<&str> = all
         .filter(|n| !used.contains(*n) && !ignorable(n))
         .collect();
+    // Sorted, so the tensor named is the same on every load.
+    extra.sort_unstable();
     if let Some(first) = extra.first() {
         bail!(
             "checkpoint tensor {first} (and {} more) is not used by the {arch} program: \

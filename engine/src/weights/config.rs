@@ -68,8 +68,6 @@ pub struct ArchFeatures {
     /// Attention logits are multiplied by this; `None`: `head_dim^-0.5`
     /// (Gemma: `query_pre_attn_scalar^-0.5`).
     pub attn_scale: Option<f32>,
-    /// `cap · tanh(x / cap)` on attention logits before the mask.
-    pub attn_softcap: Option<f32>,
     /// `cap · tanh(x / cap)` on the final logits before the log-softmax.
     pub final_softcap: Option<f32>,
 }
@@ -163,15 +161,10 @@ impl ModelConfig {
             None if sliding => bail!("layer_types has sliding_attention but no sliding_window"),
             _ => {}
         }
-        for (what, cap) in [
-            ("attn_logit_softcapping", f.attn_softcap),
-            ("final_logit_softcapping", f.final_softcap),
-        ] {
-            if let Some(c) = cap
-                && !(c.is_finite() && c > 0.0)
-            {
-                bail!("{what} {c} must be a positive number");
-            }
+        if let Some(c) = f.final_softcap
+            && !(c.is_finite() && c > 0.0)
+        {
+            bail!("final_logit_softcapping {c} must be a positive number");
         }
         Ok(())
     }

@@ -92,14 +92,19 @@ fn refuse_unsupported(o: &Obj, arch: Arch) -> Result<()> {
     {
         bail!("config.json partial_rotary_factor = {p} is not supported (only 1.0)");
     }
-    if arch != Arch::Gemma3 {
-        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
-            if let Some(v) = field(o, key) {
-                bail!(
-                    "config.json {key} = {v} is not supported for {arch} (only gemma3 applies soft-capping)"
-                );
-            }
-        }
+    if arch != Arch::Gemma3
+        && let Some(v) = field(o, "final_logit_softcapping")
+    {
+        bail!(
+            "config.json final_logit_softcapping = {v} is not supported for {arch} (only gemma3 applies it)"
+        );
+    }
+    // Gemma3 keeps attn_logit_softcapping in its config but transformers 5.24's Gemma 3 attention
+    // never applies it: there is no reference to match, whatever the family.
+    if let Some(v) = field(o, "attn_logit_softcapping") {
+        bail!(
+            "config.json attn_logit_softcapping = {v} is not supported (transformers' {arch} does not apply it)"
+        );
     }
     Ok(())
 }
@@ -185,9 +190,13 @@ fn layer_types(o: &Obj, arch: Arch, layers: usize) -> Result<Vec<LayerAttention>
                     l.len()
                 );
             }
-            Ok(match uint(o, "sliding_window")? {
-                Some(_) => vec![LayerAttention::Sliding; layers],
-                None => Vec::new(),
+            // MistralConfig defaults an absent sliding_window to 4096 (an explicit null is none);
+            // Phi3Config defaults it to none.
+            let absent_default = arch == Arch::Mistral && !o.contains_key("sliding_window");
+            Ok(if absent_default || uint(o, "sliding_window")?.is_some() {
+                vec![LayerAttention::Sliding; layers]
+            } else {
+                Vec::new()
             })
         }
         Arch::Llama => {
@@ -340,7 +349,7 @@ pub fn parse_hf_config(json: &Value, name: String) -> Result<ModelConfig> {
     let sliding_window = if layer_attention.contains(&LayerAttention::Sliding) {
         Some(match (uint(o, "sliding_window")?, arch) {
             (Some(w), _) => w,
-            (None, Arch::Gemma3) => 4096,
+            (None, Arch::Gemma3 | Arch::Mistral) => 4096,
             (None, _) => bail!("config.json has sliding layers but no sliding_window"),
         })
     } else {
@@ -362,7 +371,6 @@ pub fn parse_hf_config(json: &Value, name: String) -> Result<ModelConfig> {
         } else {
             None
         },
-        attn_softcap: float(o, "attn_logit_softcapping")?.map(|c| c as f32),
         final_softcap: float(o, "final_logit_softcapping")?.map(|c| c as f32),
         ..ArchFeatures::fixed(arch, hidden_size)
     };
