@@ -1,4 +1,4 @@
-//! `/v1/score` on the real models and the real CPU plugin, against Hugging Face transformers goldens
+//! `/v1/score` on the real models (Qwen2, SmolLM2, Gemma 3) and the real CPU plugin, against Hugging Face transformers goldens
 //! (tests/reference/hf_scores.py). Every score within 1e-3 absolute in f32, softmax rows summing to
 //! 1 within 1e-6, prompt token ids identical to Hugging Face; the packed multi-item path equal to
 //! the per-item path within 1e-4.
@@ -144,6 +144,13 @@ fn packed_equals_per_item() {
         stats.tokens_real < per.tokens_real,
         "sharing the query computes fewer tokens"
     );
+}
+
+/// Gemma 3 270M through the whole request path: text tokenized by the SentencePiece GGUF
+/// tokenizer (prompt ids equal to HF's), every score within 1e-3.
+#[test]
+fn gemma3_text_scores_match_hugging_face() {
+    check_against_goldens("gemma-3-270m-q4_k_m");
 }
 
 /// The jobs of an alias's score cases, built from Hugging Face's own prompt token ids (so the
