@@ -1,7 +1,7 @@
-//! `/v1/score` on the real models (Qwen2, SmolLM2, Gemma 3) and the real CPU plugin, against Hugging Face transformers goldens
-//! (tests/reference/hf_scores.py). Every score within 1e-3 absolute in f32, softmax rows summing to
-//! 1 within 1e-6, prompt token ids identical to Hugging Face; the packed multi-item path equal to
-//! the per-item path within 1e-4.
+//! `/v1/score` on the real models (Qwen2, SmolLM2, Gemma 3) and the real CPU plugin, against
+//! Hugging Face transformers goldens (tests/reference/hf_scores.py). Every score within 1e-3
+//! absolute in f32, softmax rows summing to 1 within 1e-6, prompt token ids identical to Hugging
+//! Face; the packed multi-item path equal to the per-item path within 1e-4.
 
 use std::path::Path;
 
