@@ -2,7 +2,10 @@
 //!
 //! Every loader produces the same [`ModelWeights`]: row-major f32 tensors shaped exactly like the
 //! `transformers` state dict (`[out_features, in_features]` for projections), with llama.cpp's Q/K row
-//! permutation already undone. The model builder therefore never needs to know where weights came from.
+//! permutation and Gemma's `1 + w` norm storage already undone, plus the architecture descriptor
+//! ([`ModelConfig`] with its [`ArchFeatures`]). The model builder therefore never needs to know where
+//! weights came from, nor which family they belong to. What is supported and what is refused:
+//! docs/MODELS.md.
 
 mod arch;
 mod assemble;
