@@ -1,4 +1,4 @@
-//! The scoring engine: PJRT plugin loading, a StableHLO builder, Qwen2/Llama prefill programs,
+//! The scoring engine: PJRT plugin loading, a StableHLO builder, decoder prefill programs,
 //! GGUF and safetensors weights, the tokenizer, and `/v1/score` semantics on top. Usable alone
 //! (tests, benches, bulk) or behind the service through [`runtime::Engine`]'s `ScoreBackend`.
 pub mod coalesce;

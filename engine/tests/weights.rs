@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use scorer_engine::weights::gguf::GgufFile;
-use scorer_engine::weights::{self, Arch, HostTensor, ModelWeights};
+use scorer_engine::weights::{self, Arch, HostTensor, LayerAttention, ModelWeights};
 use serde_json::Value;
 
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
 const SMOLLM: &str = "smollm2-135m-instruct-q4_1";
+const GEMMA: &str = "gemma-3-270m-q4_k_m";
 
 fn goldens_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/goldens")
@@ -103,9 +104,22 @@ fn hf_tensor<'a>(w: &'a ModelWeights, hf_name: &str) -> &'a HostTensor {
         ["lm_head", "weight"] => w.lm_head.as_ref().expect("untied lm_head"),
         ["model", "layers", i, rest @ ..] => {
             let l = &w.layers[i.parse::<usize>().unwrap()];
+            let gemma = w.config.arch == Arch::Gemma3;
             match rest.join(".").as_str() {
                 "input_layernorm.weight" => &l.attn_norm,
+                // Gemma's post_attention_layernorm normalises the attention output; Llama's is
+                // the norm before the MLP.
+                "post_attention_layernorm.weight" if gemma => {
+                    l.post_attn_norm.as_ref().expect("post_attention_layernorm")
+                }
                 "post_attention_layernorm.weight" => &l.ffn_norm,
+                "pre_feedforward_layernorm.weight" => &l.ffn_norm,
+                "post_feedforward_layernorm.weight" => l
+                    .post_ffn_norm
+                    .as_ref()
+                    .expect("post_feedforward_layernorm"),
+                "self_attn.q_norm.weight" => l.q_norm.as_ref().expect("q_norm"),
+                "self_attn.k_norm.weight" => l.k_norm.as_ref().expect("k_norm"),
                 "self_attn.q_proj.weight" => &l.q_proj,
                 "self_attn.q_proj.bias" => l.q_bias.as_ref().unwrap(),
                 "self_attn.k_proj.weight" => &l.k_proj,
@@ -235,6 +249,55 @@ fn llama_gguf_matches_transformers_after_unpermuting_qk() {
         w.layers[0].q_proj.row(32),
         "GGUF row 1 is HF row head_dim/2"
     );
+}
+
+/// Gemma 3 from GGUF: norms come back as transformers has them (llama.cpp's stored `1 + w` minus
+/// one), Q/K rows are not permuted (transformers permutes only architecture "llama"), and the
+/// descriptor is what transformers' GGUF loader configures.
+#[test]
+fn gemma3_gguf_matches_transformers() {
+    let w = check_against_transformers(GEMMA);
+    let c = &w.config;
+    assert_eq!(c.arch, Arch::Gemma3);
+    assert_eq!(
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.intermediate_size
+        ),
+        (18, 640, 4, 1, 256, 2048)
+    );
+    assert_eq!(c.rope_theta, 1e6);
+    let f = &c.features;
+    assert_eq!(f.local_rope_theta, Some(1e4));
+    assert_eq!(f.sliding_window, Some(512));
+    let gold = golden(&format!("{GEMMA}.json"));
+    let want_types: Vec<LayerAttention> = gold["layer_types"]
+        .as_array()
+        .expect("layer_types")
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("sliding_attention") => LayerAttention::Sliding,
+            Some("full_attention") => LayerAttention::Full,
+            other => panic!("layer type {other:?}"),
+        })
+        .collect();
+    assert_eq!(f.layer_attention, want_types);
+    assert_eq!(f.embed_scale, Some(640f32.sqrt()));
+    assert_eq!(f.attn_scale, Some(1.0 / 16.0));
+    assert!(f.qk_norm && f.sandwich_norms && f.final_softcap.is_none());
+    assert!(c.tie_word_embeddings && w.lm_head.is_none());
+    let g = GgufFile::open(&model_path(GEMMA)).unwrap();
+    let raw = g.tensor_f32("blk.0.attn_q.weight").unwrap();
+    assert_eq!(
+        raw.data, w.layers[0].q_proj.data,
+        "gemma3 Q rows are stored unpermuted"
+    );
+    let raw_norm = g.tensor_f32("blk.0.attn_norm.weight").unwrap();
+    assert_eq!(raw_norm.data[0] - 1.0, w.layers[0].attn_norm.data[0]);
 }
 
 #[test]

@@ -1,10 +1,12 @@
-//! Qwen2 / Llama prefill as one StableHLO program over a flattened ragged batch.
+//! Decoder-only prefill (every architecture of `weights::Arch`) as one StableHLO program over a
+//! flattened ragged batch.
 //!
 //! [`Model::load`] uploads the weights once (they stay on the device as program
 //! parameters); [`Model::run`] pads a [`PackedBatch`] to static buckets, compiles
 //! the program for that bucket on first use (kept in memory, optionally in an
 //! [`ExecutableStore`]) and returns only the `[S, L]` label values.
 
+mod attention;
 pub mod buckets;
 mod params;
 mod program;
@@ -457,6 +459,15 @@ impl Model {
         let vocab = self.config.vocab_size;
         if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
             bail!("token id {t} is outside the vocabulary of {vocab}");
+        }
+        if let Some(limit) = self.config.features.rope_scaling.max_exact_positions()
+            && let Some(&p) = batch.positions.iter().max()
+            && p as usize >= limit
+        {
+            // HF's dynamic RoPE recomputes (and keeps) its base past this length: not reproduced.
+            bail!(
+                "position {p} is past max_position_embeddings {limit}, where dynamic RoPE scaling                  changes its frequencies (not implemented)"
+            );
         }
         Ok(())
     }

@@ -15,11 +15,40 @@ use anyhow::{Result, bail};
 use half::bf16;
 
 use crate::hlo::ElemType;
-use crate::weights::{HostTensor, LayerWeights, ModelConfig, ModelWeights};
+use crate::weights::{
+    Activation, HostTensor, LayerAttention, LayerWeights, ModelConfig, ModelWeights, NormKind,
+    RopeScaling,
+};
 
 use super::DType;
 
-/// The shape facts a program needs, derived from the config.
+/// One kind of attention layer: its window and its RoPE table (Gemma 3 has two kinds, sliding
+/// layers with the local theta and full layers with the global one; most models have one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct AttnVariant {
+    /// Keys at model positions `> p - window` are visible to a query at `p`; `None`: all earlier.
+    pub window: Option<i64>,
+    /// `inv_freq[head_dim / 2]` as f32 bit patterns.
+    pub inv_freq_bits: Vec<u32>,
+    /// The factor on cos and sin (YaRN's attention factor; 1 otherwise), as bits.
+    pub rope_scale_bits: u32,
+}
+
+impl AttnVariant {
+    pub fn inv_freq(&self) -> Vec<f32> {
+        self.inv_freq_bits
+            .iter()
+            .map(|b| f32::from_bits(*b))
+            .collect()
+    }
+
+    pub fn rope_scale(&self) -> f32 {
+        f32::from_bits(self.rope_scale_bits)
+    }
+}
+
+/// The shape facts and block features a program needs, derived from the config (f32 values as
+/// bit patterns, so `Dims` can key the executable cache).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Dims {
     pub vocab: i64,
@@ -29,15 +58,58 @@ pub(crate) struct Dims {
     pub heads: i64,
     pub kv_heads: i64,
     pub head_dim: i64,
-    /// `rope_theta` and `rms_norm_eps` as bit patterns, so `Dims` can be a key.
-    pub rope_theta_bits: u32,
     pub eps_bits: u32,
     pub bias: bool,
     pub tied: bool,
+    /// Gemma's `(1 + w)` norms.
+    pub norm_one_plus: bool,
+    /// GELU-tanh instead of SiLU in the gated MLP.
+    pub gelu: bool,
+    pub embed_scale_bits: Option<u32>,
+    pub qk_norm: bool,
+    /// Post-attention and post-feed-forward norms (Gemma).
+    pub sandwich: bool,
+    pub attn_scale_bits: u32,
+    pub final_softcap_bits: Option<u32>,
+    /// The distinct attention kinds, and per layer the index of its kind.
+    pub variants: Vec<AttnVariant>,
+    pub layer_variant: Vec<usize>,
 }
 
 impl Dims {
     pub fn new(c: &ModelConfig, tied: bool) -> Dims {
+        let f = &c.features;
+        let mut variants: Vec<AttnVariant> = Vec::new();
+        let mut layer_variant = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let sliding = f.layer_attention(i) == LayerAttention::Sliding;
+            let (theta, scaling) = match f.local_rope_theta {
+                Some(local) if sliding => (local, RopeScaling::None),
+                _ => (c.rope_theta, f.rope_scaling.clone()),
+            };
+            let (inv_freq, scale) = scaling.frequencies(theta, c.head_dim);
+            let v = AttnVariant {
+                window: if sliding {
+                    f.sliding_window.map(|w| w as i64)
+                } else {
+                    None
+                },
+                inv_freq_bits: inv_freq.iter().map(|x| x.to_bits()).collect(),
+                rope_scale_bits: scale.to_bits(),
+            };
+            let k = match variants.iter().position(|x| *x == v) {
+                Some(k) => k,
+                None => {
+                    variants.push(v);
+                    variants.len() - 1
+                }
+            };
+            layer_variant.push(k);
+        }
+        let bits = |x: Option<f32>| x.map(f32::to_bits);
+        let scale = f
+            .attn_scale
+            .unwrap_or((1.0 / (c.head_dim as f64).sqrt()) as f32);
         Dims {
             vocab: c.vocab_size as i64,
             hidden: c.hidden_size as i64,
@@ -46,10 +118,18 @@ impl Dims {
             heads: c.num_heads as i64,
             kv_heads: c.num_kv_heads as i64,
             head_dim: c.head_dim as i64,
-            rope_theta_bits: c.rope_theta.to_bits(),
             eps_bits: c.rms_norm_eps.to_bits(),
             bias: c.attention_bias,
             tied,
+            norm_one_plus: f.norm == NormKind::OnePlusWeight,
+            gelu: f.activation == Activation::GeluTanh,
+            embed_scale_bits: bits(f.embed_scale),
+            qk_norm: f.qk_norm,
+            sandwich: f.sandwich_norms,
+            attn_scale_bits: scale.to_bits(),
+            final_softcap_bits: bits(f.final_softcap),
+            variants,
+            layer_variant,
         }
     }
 
@@ -63,10 +143,6 @@ impl Dims {
 
     pub fn qkv_width(&self) -> i64 {
         self.q_width() + 2 * self.kv_width()
-    }
-
-    pub fn rope_theta(&self) -> f32 {
-        f32::from_bits(self.rope_theta_bits)
     }
 
     pub fn eps(&self) -> f32 {
@@ -91,8 +167,15 @@ pub(crate) enum Slot {
     Bqkv,
     /// `[layers, hidden, q]`.
     Wo,
+    /// `[layers, head_dim]` each, with QK-norm.
+    QNorm,
+    KNorm,
+    /// `[layers, hidden]`, with sandwich norms.
+    PostAttnNorm,
     /// `[layers, hidden]`.
     FfnNorm,
+    /// `[layers, hidden]`, with sandwich norms.
+    PostFfnNorm,
     /// `[layers, 2 ffn, hidden]`: gate rows then up rows.
     Wgu,
     /// `[layers, hidden, ffn]`.
@@ -139,9 +222,21 @@ pub(crate) fn layer_slots(d: &Dims) -> Vec<(Slot, Vec<i64>)> {
     if d.bias {
         v.push((Slot::Bqkv, vec![d.qkv_width()]));
     }
+    v.push((Slot::Wo, vec![d.hidden, d.q_width()]));
+    if d.qk_norm {
+        v.extend([
+            (Slot::QNorm, vec![d.head_dim]),
+            (Slot::KNorm, vec![d.head_dim]),
+        ]);
+    }
+    if d.sandwich {
+        v.push((Slot::PostAttnNorm, vec![d.hidden]));
+    }
+    v.push((Slot::FfnNorm, vec![d.hidden]));
+    if d.sandwich {
+        v.push((Slot::PostFfnNorm, vec![d.hidden]));
+    }
     v.extend([
-        (Slot::Wo, vec![d.hidden, d.q_width()]),
-        (Slot::FfnNorm, vec![d.hidden]),
         (Slot::Wgu, vec![2 * d.ffn, d.hidden]),
         (Slot::Wdown, vec![d.hidden, d.ffn]),
     ]);
@@ -150,7 +245,14 @@ pub(crate) fn layer_slots(d: &Dims) -> Vec<(Slot, Vec<i64>)> {
 
 pub(crate) fn slot_elem(slot: Slot, dtype: DType) -> ElemType {
     match slot {
-        Slot::FinalNorm | Slot::AttnNorm | Slot::FfnNorm | Slot::Bqkv => ElemType::F32,
+        Slot::FinalNorm
+        | Slot::AttnNorm
+        | Slot::FfnNorm
+        | Slot::Bqkv
+        | Slot::QNorm
+        | Slot::KNorm
+        | Slot::PostAttnNorm
+        | Slot::PostFfnNorm => ElemType::F32,
         _ => matrix_elem(dtype),
     }
 }
@@ -270,6 +372,22 @@ pub(crate) fn host_param<'w>(
             })?)),
         }
     };
+    // An optional per-layer tensor the program needs (the config asked for it).
+    let some = |get: fn(&LayerWeights) -> &Option<HostTensor>,
+                name: &'static str,
+                len: usize|
+     -> Result<Cow<'w, [f32]>> {
+        let mut out = Vec::with_capacity(w_layers.len() * len);
+        for l in w_layers {
+            let Some(t) = get(l) else {
+                bail!("the program expects {name} but the weights have none");
+            };
+            check(t, name, &[len])?;
+            out.extend_from_slice(&t.data);
+        }
+        Ok(Cow::Owned(out))
+    };
+    let hd = d.head_dim as usize;
     let values: Cow<'w, [f32]> = match spec.slot {
         Slot::Embed => Cow::Borrowed(&w.embed_tokens.data),
         Slot::LmHead => match &w.lm_head {
@@ -305,6 +423,10 @@ pub(crate) fn host_param<'w>(
             Cow::Owned(out)
         }
         Slot::Wo => one(|l| &l.o_proj, "o_proj", vec![h, q])?,
+        Slot::QNorm => some(|l| &l.q_norm, "q_norm", hd)?,
+        Slot::KNorm => some(|l| &l.k_norm, "k_norm", hd)?,
+        Slot::PostAttnNorm => some(|l| &l.post_attn_norm, "post_attention_layernorm", h)?,
+        Slot::PostFfnNorm => some(|l| &l.post_ffn_norm, "post_feedforward_layernorm", h)?,
         Slot::Wgu => Cow::Owned(stack_rows(w_layers, |l| {
             vec![
                 (&l.gate_proj, "gate_proj", vec![ffn, h]),

@@ -11,13 +11,19 @@
 //! Token `i` attends token `j` iff `j <= i`, `seg[j] != -1`, and `seg[j]` is
 //! `seg[i]` or `prefix_segment[i]`; every real token (`seg[i] != -1`) also attends the
 //! first `cache_len` cached columns, which hold the keys and values of positions
-//! `0..cache_len` (a prefix computed by an earlier pass). Matmuls run over all `T` tokens at
+//! `0..cache_len` (a prefix computed by an earlier pass); in a sliding-window layer only keys
+//! at model positions `> p - window` (see `attention.rs`). Matmuls run over all `T` tokens at
 //! once and attention is `[heads, T, C + T]` with the mask applied by `select`.
+//!
+//! The block is read from the architecture descriptor in [`Dims`] (norm kind, activation,
+//! QK-norm, sandwich norms, attention scale and soft-caps, per-layer attention kind), never from
+//! the family's name.
 
 use anyhow::{Context, Result};
 
-use crate::hlo::{Cmp, DotDims, ElemType, FuncBuilder, HloError, Precision, TensorType, Value};
+use crate::hlo::{DotDims, ElemType, FuncBuilder, HloError, Precision, TensorType, Value};
 
+use super::attention::{self, AttnInputs, BatchInputs};
 use super::params::{Dims, LayerLayout, Slot, layer_slots, param_specs};
 use super::{DType, HeadVariant};
 
@@ -71,7 +77,11 @@ struct LayerParams {
     wqkv: Value,
     bqkv: Option<Value>,
     wo: Value,
+    q_norm: Option<Value>,
+    k_norm: Option<Value>,
+    post_attn_norm: Option<Value>,
     ffn_norm: Value,
+    post_ffn_norm: Option<Value>,
     wgu: Value,
     wdown: Value,
 }
@@ -91,7 +101,11 @@ impl LayerParams {
             wqkv: need(&mut pick, Slot::Wqkv)?,
             bqkv: pick(Slot::Bqkv)?,
             wo: need(&mut pick, Slot::Wo)?,
+            q_norm: pick(Slot::QNorm)?,
+            k_norm: pick(Slot::KNorm)?,
+            post_attn_norm: pick(Slot::PostAttnNorm)?,
             ffn_norm: need(&mut pick, Slot::FfnNorm)?,
+            post_ffn_norm: pick(Slot::PostFfnNorm)?,
             wgu: need(&mut pick, Slot::Wgu)?,
             wdown: need(&mut pick, Slot::Wdown)?,
         })
@@ -114,19 +128,65 @@ impl Ctx<'_> {
         )
     }
 
-    /// HF RMSNorm over the last dim of `x [R, H]` with weight `w [H]`, in f32.
+    /// HF RMSNorm over the last dim of `x [R, N]` with weight `w [N]`, in f32: `w · x / rms`,
+    /// or Gemma's `(1 + w) · x / rms`.
     fn rms_norm(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> HloResult<Value> {
         let dims = x.dims().to_vec();
+        let n = dims[dims.len() - 1];
         let sq = b.mul(x, x)?;
-        let sum = b.reduce_sum(&sq, &[1])?;
-        let hdim = b.splat_like(&sum, self.d.hidden as f64);
+        let sum = b.reduce_sum(&sq, &[dims.len() as i64 - 1])?;
+        let hdim = b.splat_like(&sum, n as f64);
         let mean = b.div(&sum, &hdim)?;
         let var = b.add_const(&mean, self.d.eps() as f64)?;
         let r = b.rsqrt(&var)?;
         let rb = b.broadcast_leading(&r, &dims)?;
         let normed = b.mul(x, &rb)?;
-        let wb = b.broadcast_trailing(w, &dims)?;
+        let w = if self.d.norm_one_plus {
+            b.add_const(w, 1.0)?
+        } else {
+            w.clone()
+        };
+        let wb = b.broadcast_trailing(&w, &dims)?;
         b.mul(&normed, &wb)
+    }
+
+    /// RMSNorm of each head of `x [T, n, hd]` over `hd` (QK-norm).
+    fn head_norm(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> HloResult<Value> {
+        let dims = x.dims().to_vec();
+        let flat = b.reshape(x, &[dims[0] * dims[1], dims[2]])?;
+        let normed = self.rms_norm(b, &flat, w)?;
+        b.reshape(&normed, &dims)
+    }
+
+    /// `cap · tanh(x / cap)`.
+    fn softcap(b: &mut FuncBuilder, x: &Value, cap_bits: Option<u32>) -> HloResult<Value> {
+        let Some(bits) = cap_bits else {
+            return Ok(x.clone());
+        };
+        let cap = f32::from_bits(bits) as f64;
+        let c = b.splat_like(x, cap);
+        let scaled = b.div(x, &c)?;
+        let t = b.tanh(&scaled)?;
+        b.mul(&t, &c)
+    }
+
+    /// The gated MLP's activation of `gate`.
+    fn activation(&self, b: &mut FuncBuilder, gate: &Value) -> HloResult<Value> {
+        if self.d.gelu {
+            // PyTorch's tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+            let x3 = b.mul(gate, gate)?;
+            let x3 = b.mul(&x3, gate)?;
+            let inner = b.mul_const(&x3, 0.044715)?;
+            let inner = b.add(gate, &inner)?;
+            let inner = b.mul_const(&inner, (2.0 / std::f64::consts::PI).sqrt())?;
+            let t = b.tanh(&inner)?;
+            let t = b.add_const(&t, 1.0)?;
+            let half = b.mul_const(gate, 0.5)?;
+            b.mul(&half, &t)
+        } else {
+            let sig = b.logistic(gate)?;
+            b.mul(gate, &sig)
+        }
     }
 
     /// Rotate-half RoPE on `x [T, n, hd]` with `cos`/`sin` `[T, hd]`.
@@ -145,20 +205,19 @@ impl Ctx<'_> {
         b.add(&a, &c)
     }
 
-    /// One decoder layer on the residual stream `x [T, H]` (f32). `mask` is `[T, C + T]` when
-    /// `cache` holds this layer's cached keys and values (`[kv_heads, C, hd]` each), else
+    /// One decoder layer on the residual stream `x [T, H]` (f32). `attn.mask` is `[T, C + T]`
+    /// when `cache` holds this layer's cached keys and values (`[kv_heads, C, hd]` each), else
     /// `[T, T]`. Returns the new stream and this layer's keys and values of the `T` tokens
-    /// (`[kv_heads, T, hd]`, keys after RoPE).
+    /// (`[kv_heads, T, hd]`, keys after QK-norm and RoPE).
     fn layer(
         &self,
         b: &mut FuncBuilder,
         x: &Value,
-        mask: &Value,
-        rope: (&Value, &Value),
+        attn: &AttnInputs,
         w: &LayerParams,
         cache: Option<(&Value, &Value)>,
     ) -> HloResult<(Value, Value, Value)> {
-        let (cos, sin) = rope;
+        let (mask, cos, sin) = (&attn.mask, &attn.cos, &attn.sin);
         let d = self.d;
         let t = self.tokens;
         let (hd, nh, nkv) = (d.head_dim, d.heads, d.kv_heads);
@@ -178,6 +237,10 @@ impl Ctx<'_> {
         let q = b.reshape(&q, &[t, nh, hd])?;
         let k = b.reshape(&k, &[t, nkv, hd])?;
         let v = b.reshape(&v, &[t, nkv, hd])?;
+        let (q, k) = match (&w.q_norm, &w.k_norm) {
+            (Some(qn), Some(kn)) => (self.head_norm(b, &q, qn)?, self.head_norm(b, &k, kn)?),
+            _ => (q, k),
+        };
         let q = self.rope(b, &q, cos, sin)?;
         let k = self.rope(b, &k, cos, sin)?;
         // Query heads grouped by the KV head they share (HF repeat_kv order):
@@ -203,7 +266,7 @@ impl Ctx<'_> {
             ElemType::F32,
             self.precision,
         )?;
-        let scores = b.mul_const(&scores, 1.0 / (hd as f64).sqrt())?;
+        let scores = b.mul_const(&scores, f32::from_bits(d.attn_scale_bits) as f64)?;
         let scores = b.reshape(&scores, &[nkv, g, t, kv_len])?;
         let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, kv_len], &[2, 3])?;
         let neg = b.scalar(ElemType::F32, MASKED);
@@ -223,18 +286,23 @@ impl Ctx<'_> {
         let ctxv = b.reshape(&ctxv, &[nkv, g, t, hd])?;
         let ctxv = b.transpose(&ctxv, &[2, 0, 1, 3])?;
         let ctxv = b.reshape(&ctxv, &[t, nh * hd])?;
-        let o = self.matmul(b, &ctxv, &w.wo)?;
+        let mut o = self.matmul(b, &ctxv, &w.wo)?;
+        if let Some(n) = &w.post_attn_norm {
+            o = self.rms_norm(b, &o, n)?;
+        }
         let x = b.add(x, &o)?;
 
-        // SwiGLU block.
+        // Gated MLP block.
         let hn = self.rms_norm(b, &x, &w.ffn_norm)?;
         let gu = self.matmul(b, &hn, &w.wgu)?;
         let gate = b.slice(&gu, &[0, 0], &[t, d.ffn])?;
         let up = b.slice(&gu, &[0, d.ffn], &[t, 2 * d.ffn])?;
-        let sig = b.logistic(&gate)?;
-        let act = b.mul(&gate, &sig)?;
+        let act = self.activation(b, &gate)?;
         let act = b.mul(&act, &up)?;
-        let down = self.matmul(b, &act, &w.wdown)?;
+        let mut down = self.matmul(b, &act, &w.wdown)?;
+        if let Some(n) = &w.post_ffn_norm {
+            down = self.rms_norm(b, &down, n)?;
+        }
         Ok((b.add(&x, &down)?, k, v))
     }
 }
@@ -298,55 +366,26 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
 
     // Embedding lookup; the residual stream stays f32 in every dtype.
     let x0 = b.take_rows(&embed, &tokens)?;
-    let x0 = b.convert(&x0, ElemType::F32);
+    let mut x0 = b.convert(&x0, ElemType::F32);
+    if let Some(bits) = d.embed_scale_bits {
+        x0 = b.mul_const(&x0, f32::from_bits(bits) as f64)?;
+    }
 
-    // Attention mask [T, T], built once.
-    let tt = [t, t];
-    let seg_q = b.broadcast_in_dim(&segment, &tt, &[0])?;
-    let seg_k = b.broadcast_in_dim(&segment, &tt, &[1])?;
-    let pre_q = b.broadcast_in_dim(&prefix, &tt, &[0])?;
-    let row = b.iota(TensorType::i32(&tt), 0)?;
-    let col = b.iota(TensorType::i32(&tt), 1)?;
-    let causal = b.compare(&col, &row, Cmp::Le)?;
-    let same = b.compare(&seg_k, &seg_q, Cmp::Eq)?;
-    let in_prefix = b.compare(&seg_k, &pre_q, Cmp::Eq)?;
-    let pad = b.splat(TensorType::i32(&tt), -1.0);
-    let real = b.compare(&seg_k, &pad, Cmp::Ne)?;
-    let visible = b.or(&same, &in_prefix)?;
-    let mask = b.and(&causal, &visible)?;
-    let mask = b.and(&mask, &real)?;
-    // With a cache, [T, C] columns in front: real tokens see the first cache_len of them.
-    let mask = match &cache {
-        Some((_, _, cache_len)) => {
-            let tc = [t, c];
-            let ccol = b.iota(TensorType::i32(&tc), 1)?;
-            let len = b.broadcast_in_dim(cache_len, &tc, &[])?;
-            let filled = b.compare(&ccol, &len, Cmp::Lt)?;
-            let seg_row = b.broadcast_in_dim(&segment, &tc, &[0])?;
-            let pad = b.splat(TensorType::i32(&tc), -1.0);
-            let real_row = b.compare(&seg_row, &pad, Cmp::Ne)?;
-            let cmask = b.and(&filled, &real_row)?;
-            b.concatenate(&[&cmask, &mask], 1)?
-        }
-        None => mask,
-    };
-
-    // RoPE tables [T, hd]: angle = position * theta^(-2i/hd), duplicated halves.
-    let half = hd / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / (d.rope_theta() as f64).powf((2 * i) as f64 / hd as f64)) as f32)
-        .collect();
-    let inv_freq = b.constant_f32(&[half], &inv_freq)?;
-    let pos_f = b.convert(&positions, ElemType::F32);
-    let pos_b = b.broadcast_in_dim(&pos_f, &[t, half], &[0])?;
-    let inv_b = b.broadcast_in_dim(&inv_freq, &[t, half], &[1])?;
-    let freqs = b.mul(&pos_b, &inv_b)?;
-    let angles = b.concatenate(&[&freqs, &freqs], 1)?;
-    let cos = b.cos(&angles)?;
-    let sin = b.sin(&angles)?;
+    // Masks and RoPE tables, once per attention kind.
+    let attn = attention::build(
+        &mut b,
+        &BatchInputs {
+            tokens: t,
+            head_dim: hd,
+            positions: &positions,
+            segment: &segment,
+            prefix: &prefix,
+            cache: cache.as_ref().map(|(_, _, len)| (c, len)),
+        },
+        &d.variants,
+    )?;
 
     let wants_kv = spec.kind == ProgramKind::PrefixKv;
-    let kv_out = TensorType::new(&[layers, nkv, t, hd], ElemType::F32);
     let (hidden, kv) = match spec.layout {
         LayerLayout::PerLayer => {
             let mut x = x0;
@@ -364,11 +403,14 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
                     }
                     None => None,
                 };
+                let variant = d.layer_variant.get(i).copied().unwrap_or(0);
+                let inputs = attn
+                    .get(variant)
+                    .ok_or_else(|| missing("attention variant"))?;
                 let (nx, k, v) = ctx.layer(
                     &mut b,
                     &x,
-                    &mask,
-                    (&cos, &sin),
+                    inputs,
                     &w,
                     layer_cache.as_ref().map(|(k, v)| (k, v)),
                 )?;
@@ -388,86 +430,22 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
             (x, kv)
         }
         LayerLayout::Stacked => {
-            // One while loop over the stacked weights; layer i's slice of each
-            // is taken with dynamic_slice. Carried: i, x, mask, cos, sin, then the cache
-            // (read per layer), the key/value accumulators (written per layer), the weights.
             let stacked: Vec<(Slot, Value)> = layer_slots(d)
                 .into_iter()
                 .filter_map(|(s, _)| get(s, None).map(|v| (s, v)))
                 .collect();
-            let i0 = b.scalar_i32(0);
-            let acc =
-                wants_kv.then(|| (b.splat(kv_out.clone(), 0.0), b.splat(kv_out.clone(), 0.0)));
-            let mut carried: Vec<&Value> = vec![&i0, &x0, &mask, &cos, &sin];
-            if let Some((ck, cv, _)) = &cache {
-                carried.extend([ck, cv]);
-            }
-            if let Some((ka, va)) = &acc {
-                carried.extend([ka, va]);
-            }
-            let first_weight = carried.len();
-            carried.extend(stacked.iter().map(|(_, v)| v));
-            let n_layers = d.layers as i32;
-            let slots: Vec<Slot> = stacked.iter().map(|(s, _)| *s).collect();
-            let has_cache = cache.is_some();
-            let out = b.while_loop(
-                &carried,
-                |b, a| b.lt_const(&a[0], n_layers),
-                |b, a| {
-                    let (i, x, mask, cos, sin) = (&a[0], &a[1], &a[2], &a[3], &a[4]);
-                    let stacked = &a[first_weight..];
-                    let zero = b.scalar_i32(0);
-                    let layer_slice = |b: &mut FuncBuilder, w: &Value| -> HloResult<Value> {
-                        let mut starts = vec![i];
-                        starts.extend(std::iter::repeat_n(&zero, w.rank() - 1));
-                        let mut sizes = w.dims().to_vec();
-                        sizes[0] = 1;
-                        let sl = b.dynamic_slice(w, &starts, &sizes)?;
-                        b.reshape(&sl, &w.dims()[1..])
-                    };
-                    let w = LayerParams::from_slots(|slot| {
-                        let Some(k) = slots.iter().position(|s| *s == slot) else {
-                            return Ok(None);
-                        };
-                        Ok(Some(layer_slice(b, &stacked[k])?))
-                    })?;
-                    let mut next_extra = Vec::new();
-                    let mut at = 5;
-                    let layer_cache = if has_cache {
-                        let ck = layer_slice(b, &a[at])?;
-                        let cv = layer_slice(b, &a[at + 1])?;
-                        next_extra.extend([a[at].clone(), a[at + 1].clone()]);
-                        at += 2;
-                        Some((ck, cv))
-                    } else {
-                        None
-                    };
-                    let (x, k, v) = ctx.layer(
-                        b,
-                        x,
-                        mask,
-                        (cos, sin),
-                        &w,
-                        layer_cache.as_ref().map(|(k, v)| (k, v)),
-                    )?;
-                    if wants_kv {
-                        let k1 = b.reshape(&k, &[1, nkv, t, hd])?;
-                        let v1 = b.reshape(&v, &[1, nkv, t, hd])?;
-                        let starts = [i, &zero, &zero, &zero];
-                        next_extra.push(b.dynamic_update_slice(&a[at], &k1, &starts)?);
-                        next_extra.push(b.dynamic_update_slice(&a[at + 1], &v1, &starts)?);
-                    }
-                    let one = b.scalar_i32(1);
-                    let next = b.add(i, &one)?;
-                    let mut results = vec![next, x, mask.clone(), cos.clone(), sin.clone()];
-                    results.extend(next_extra);
-                    results.extend(stacked.iter().cloned());
-                    Ok(results)
-                },
-            )?;
-            let kv_at = if has_cache { 7 } else { 5 };
-            let kv = wants_kv.then(|| (out[kv_at].clone(), out[kv_at + 1].clone()));
-            (out[1].clone(), kv)
+            let kv_out = TensorType::new(&[layers, nkv, t, hd], ElemType::F32);
+            let init = Carry {
+                layer: b.scalar_i32(0),
+                x: x0,
+                attn,
+                cache: cache.as_ref().map(|(k, v, _)| (k.clone(), v.clone())),
+                kv_acc: wants_kv
+                    .then(|| (b.splat(kv_out.clone(), 0.0), b.splat(kv_out.clone(), 0.0))),
+                weights: stacked.iter().map(|(_, v)| v.clone()).collect(),
+            };
+            let out = stacked_layers(&mut b, &ctx, init, &stacked)?;
+            (out.x, out.kv_acc)
         }
     };
 
@@ -489,6 +467,7 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
         ElemType::F32,
         ctx.precision,
     )?;
+    let label_logits = Ctx::softcap(&mut b, &label_logits, d.final_softcap_bits)?;
     let result = match spec.head {
         HeadVariant::LabelLogits => label_logits,
         HeadVariant::FullLogprobs => {
@@ -500,10 +479,150 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
                 ElemType::F32,
                 ctx.precision,
             )?;
+            let logits = Ctx::softcap(&mut b, &logits, d.final_softcap_bits)?;
             let lse = b.logsumexp_last(&logits)?;
             let lse = b.broadcast_leading(&lse, &[s, l])?;
             b.sub(&label_logits, &lse)?
         }
     };
     b.finish(&[result])
+}
+
+/// The stacked layer loop's carried state, by name. [`Carry::values`] and [`Carry::rebuild`]
+/// are the one place that fixes its order in the `stablehlo.while`.
+struct Carry {
+    /// The layer index, `i32[]`.
+    layer: Value,
+    /// The residual stream `[T, H]`.
+    x: Value,
+    /// Per attention kind: mask and RoPE tables (loop-invariant).
+    attn: Vec<AttnInputs>,
+    /// Cached prefix keys and values, `[layers, kv_heads, C, hd]` each (read per layer).
+    cache: Option<(Value, Value)>,
+    /// Keys and values of the batch, `[layers, kv_heads, T, hd]` each (written per layer).
+    kv_acc: Option<(Value, Value)>,
+    /// Stacked weights, in [`layer_slots`] order (loop-invariant).
+    weights: Vec<Value>,
+}
+
+impl Carry {
+    fn values(&self) -> Vec<&Value> {
+        let mut v = vec![&self.layer, &self.x];
+        for a in &self.attn {
+            v.extend([&a.mask, &a.cos, &a.sin]);
+        }
+        if let Some((k, c)) = &self.cache {
+            v.extend([k, c]);
+        }
+        if let Some((k, c)) = &self.kv_acc {
+            v.extend([k, c]);
+        }
+        v.extend(self.weights.iter());
+        v
+    }
+
+    /// The same structure as `self`, filled from a flat list in [`Carry::values`] order.
+    fn rebuild(&self, flat: &[Value]) -> HloResult<Carry> {
+        let mut it = flat.iter().cloned();
+        let mut next = || it.next().ok_or_else(|| missing("loop-carried value"));
+        let layer = next()?;
+        let x = next()?;
+        let mut attn = Vec::with_capacity(self.attn.len());
+        for _ in &self.attn {
+            attn.push(AttnInputs {
+                mask: next()?,
+                cos: next()?,
+                sin: next()?,
+            });
+        }
+        let cache = match self.cache {
+            Some(_) => Some((next()?, next()?)),
+            None => None,
+        };
+        let kv_acc = match self.kv_acc {
+            Some(_) => Some((next()?, next()?)),
+            None => None,
+        };
+        let weights = (0..self.weights.len())
+            .map(|_| next())
+            .collect::<HloResult<Vec<_>>>()?;
+        Ok(Carry {
+            layer,
+            x,
+            attn,
+            cache,
+            kv_acc,
+            weights,
+        })
+    }
+}
+
+/// One `stablehlo.while` over the stacked weights; layer `i`'s slice of each is taken with
+/// `dynamic_slice`, its attention kind picked from the constant per-layer table.
+fn stacked_layers(
+    b: &mut FuncBuilder,
+    ctx: &Ctx<'_>,
+    init: Carry,
+    stacked: &[(Slot, Value)],
+) -> HloResult<Carry> {
+    let d = ctx.d;
+    let (nkv, t, hd) = (d.kv_heads, ctx.tokens, d.head_dim);
+    let n_layers = d.layers as i32;
+    let slots: Vec<Slot> = stacked.iter().map(|(s, _)| *s).collect();
+    let out = b.while_loop(
+        &init.values(),
+        |b, a| b.lt_const(&a[0], n_layers),
+        |b, a| {
+            let cur = init.rebuild(a)?;
+            let i = &cur.layer;
+            let zero = b.scalar_i32(0);
+            let layer_slice = |b: &mut FuncBuilder, w: &Value| -> HloResult<Value> {
+                let mut starts = vec![i];
+                starts.extend(std::iter::repeat_n(&zero, w.rank() - 1));
+                let mut sizes = w.dims().to_vec();
+                sizes[0] = 1;
+                let sl = b.dynamic_slice(w, &starts, &sizes)?;
+                b.reshape(&sl, &w.dims()[1..])
+            };
+            let w = LayerParams::from_slots(|slot| {
+                let Some(k) = slots.iter().position(|s| *s == slot) else {
+                    return Ok(None);
+                };
+                Ok(Some(layer_slice(b, &cur.weights[k])?))
+            })?;
+            let layer_cache = match &cur.cache {
+                Some((ck, cv)) => Some((layer_slice(b, ck)?, layer_slice(b, cv)?)),
+                None => None,
+            };
+            let inputs = attention::select_for_layer(b, &cur.attn, &d.layer_variant, i)?;
+            let (x, k, v) = ctx.layer(
+                b,
+                &cur.x,
+                &inputs,
+                &w,
+                layer_cache.as_ref().map(|(k, v)| (k, v)),
+            )?;
+            let kv_acc = match &cur.kv_acc {
+                Some((ka, va)) => {
+                    let k1 = b.reshape(&k, &[1, nkv, t, hd])?;
+                    let v1 = b.reshape(&v, &[1, nkv, t, hd])?;
+                    let starts = [i, &zero, &zero, &zero];
+                    Some((
+                        b.dynamic_update_slice(ka, &k1, &starts)?,
+                        b.dynamic_update_slice(va, &v1, &starts)?,
+                    ))
+                }
+                None => None,
+            };
+            let one = b.scalar_i32(1);
+            let next = Carry {
+                layer: b.add(i, &one)?,
+                x,
+                kv_acc,
+                ..cur
+            };
+            Ok(next.values().into_iter().cloned().collect())
+        },
+    )?;
+    init.rebuild(&out)
 }

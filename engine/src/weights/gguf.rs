@@ -5,7 +5,7 @@
 //! hand-written here. candle reports shapes outermost-first (`[rows, cols]`), which is already the
 //! Hugging Face `[out_features, in_features]` orientation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 
+use super::arch::{EMBED, FINAL_NORM, LM_HEAD, LayerTensor};
+use super::assemble::{self, Format};
+use super::gguf_config::read_config;
 use super::permute::unpermute_llama_rows;
-use super::{Arch, HostTensor, LayerWeights, ModelConfig, ModelWeights};
+use super::{HostTensor, LayerWeights, ModelConfig, ModelWeights};
 
 /// An open GGUF file: parsed header plus a handle for reading tensor data.
 pub struct GgufFile {
@@ -172,130 +175,55 @@ impl GgufFile {
     }
 }
 
-/// The hyper-parameters stored under `{arch}.*` plus the tokenizer's vocabulary size.
-fn read_config(g: &GgufFile) -> Result<ModelConfig> {
-    let arch_name = g
-        .meta_string("general.architecture")?
-        .ok_or_else(|| anyhow!("GGUF has no general.architecture"))?;
-    let arch = Arch::parse(&arch_name)?;
-    let key = |k: &str| format!("{arch_name}.{k}");
-    let need = |k: &str| -> Result<usize> {
-        let v = g
-            .meta_u64(&key(k))?
-            .ok_or_else(|| anyhow!("GGUF has no {}", key(k)))?;
-        Ok(usize::try_from(v)?)
-    };
-    let hidden_size = need("embedding_length")?;
-    let num_heads = need("attention.head_count")?;
-    let num_kv_heads = match g.meta_u64(&key("attention.head_count_kv"))? {
-        Some(n) => usize::try_from(n)?,
-        None => num_heads,
-    };
-    let head_dim = match g.meta_u64(&key("attention.key_length"))? {
-        Some(n) => usize::try_from(n)?,
-        None => hidden_size / num_heads,
-    };
-    let vocab_size = match g.get("tokenizer.ggml.tokens") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| anyhow!("tokenizer.ggml.tokens: {e}"))?
-            .len(),
-        None => need("vocab_size")?,
-    };
-    let id = |k: &str| -> Result<Option<u32>> {
-        g.meta_u64(k)?
-            .map(u32::try_from)
-            .transpose()
-            .map_err(Into::into)
-    };
-    let config = ModelConfig {
-        arch,
-        vocab_size,
-        hidden_size,
-        intermediate_size: need("feed_forward_length")?,
-        num_layers: need("block_count")?,
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        rope_theta: g.meta_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-        rms_norm_eps: g
-            .meta_f32(&key("attention.layer_norm_rms_epsilon"))?
-            .ok_or_else(|| anyhow!("GGUF has no {}", key("attention.layer_norm_rms_epsilon")))?,
-        // llama.cpp writes `output.weight` only when the head is not the embedding; transformers'
-        // GGUF loader decides tying the same way.
-        tie_word_embeddings: !g.has_tensor("output.weight"),
-        attention_bias: g.has_tensor("blk.0.attn_q.bias"),
-        bos_token_id: id("tokenizer.ggml.bos_token_id")?,
-        eos_token_id: id("tokenizer.ggml.eos_token_id")?,
-        name: match g.meta_string("general.name")? {
-            Some(n) => n,
-            None => file_stem(g.path()),
-        },
-    };
-    config.check()?;
-    Ok(config)
+/// Reads one layer through the architecture's name table, undoing llama.cpp's storage changes
+/// exactly as transformers' GGUF tensor processors do: the Q/K row permutation (architecture
+/// "llama" only) and Gemma's `1 + w` norm weights (every tensor named `*norm.weight`).
+fn load_layer(g: &GgufFile, c: &ModelConfig, i: usize) -> Result<(LayerWeights, BTreeSet<String>)> {
+    let mut used = BTreeSet::new();
+    let layer = assemble::layer(c, Format::Gguf, i, &mut used, |name, slot| {
+        if !g.has_tensor(name) {
+            return Ok(None);
+        }
+        let mut t = g.tensor_f32(name)?;
+        if c.arch.gguf_permutes_qk() {
+            let heads = match slot {
+                LayerTensor::Q | LayerTensor::QBias => Some(c.num_heads),
+                LayerTensor::K | LayerTensor::KBias => Some(c.num_kv_heads),
+                _ => None,
+            };
+            if let Some(n) = heads {
+                let cols = if t.shape.len() == 2 { c.hidden_size } else { 1 };
+                t.data = unpermute_llama_rows(&t.data, n, cols)?;
+            }
+        }
+        if c.arch.gguf_norm_offset() && name.contains("norm.weight") {
+            t.data.iter_mut().for_each(|x| *x -= 1.0);
+        }
+        Ok(Some(t))
+    })?;
+    Ok((layer, used))
 }
 
-fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn load_layer(g: &GgufFile, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
-    let t = |part: &str| g.tensor_f32(&format!("blk.{i}.{part}"));
-    let opt = |part: &str| -> Result<Option<HostTensor>> {
-        let name = format!("blk.{i}.{part}");
-        if g.has_tensor(&name) {
-            g.tensor_f32(&name).map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    let mut q_proj = t("attn_q.weight")?;
-    let mut k_proj = t("attn_k.weight")?;
-    let mut q_bias = opt("attn_q.bias")?;
-    let mut k_bias = opt("attn_k.bias")?;
-    if c.arch == Arch::Llama {
-        let h = c.hidden_size;
-        q_proj.data = unpermute_llama_rows(&q_proj.data, c.num_heads, h)?;
-        k_proj.data = unpermute_llama_rows(&k_proj.data, c.num_kv_heads, h)?;
-        if let Some(b) = q_bias.as_mut() {
-            b.data = unpermute_llama_rows(&b.data, c.num_heads, 1)?;
-        }
-        if let Some(b) = k_bias.as_mut() {
-            b.data = unpermute_llama_rows(&b.data, c.num_kv_heads, 1)?;
-        }
-    }
-    Ok(LayerWeights {
-        attn_norm: t("attn_norm.weight")?,
-        q_proj,
-        q_bias,
-        k_proj,
-        k_bias,
-        v_proj: t("attn_v.weight")?,
-        v_bias: opt("attn_v.bias")?,
-        o_proj: t("attn_output.weight")?,
-        ffn_norm: t("ffn_norm.weight")?,
-        gate_proj: t("ffn_gate.weight")?,
-        up_proj: t("ffn_up.weight")?,
-        down_proj: t("ffn_down.weight")?,
-    })
-}
-
-/// Loads a Qwen2 or Llama GGUF, dequantizing every tensor to f32.
+/// Loads a GGUF of a supported architecture, dequantizing every tensor to f32.
 pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
     let start = Instant::now();
     let g = GgufFile::open(path)?;
     let config = read_config(&g)?;
+    let (embed, norm, head) = (EMBED.1, FINAL_NORM.1, LM_HEAD.1);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let (layers, embed_tokens, lm_head) = load_parts_parallel(&g, &config, threads)?;
+    let (layers, embed_tokens, lm_head, mut used) = load_parts_parallel(&g, &config, threads)?;
+    let mut final_norm = g.tensor_f32(norm)?;
+    if config.arch.gguf_norm_offset() {
+        final_norm.data.iter_mut().for_each(|x| *x -= 1.0);
+    }
+    used.extend([embed, norm, head].map(String::from));
+    assemble::refuse_unused(g.tensor_names(), &used, |_| false, config.arch)?;
     let weights = ModelWeights {
         embed_tokens,
         layers,
-        final_norm: g.tensor_f32("output_norm.weight")?,
+        final_norm,
         lm_head,
         config,
     };
@@ -315,10 +243,15 @@ pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
 enum Part {
     Embed(HostTensor),
     Head(HostTensor),
-    Layer(usize, Box<LayerWeights>),
+    Layer(usize, Box<LayerWeights>, BTreeSet<String>),
 }
 
-type Parts = (Vec<LayerWeights>, HostTensor, Option<HostTensor>);
+type Parts = (
+    Vec<LayerWeights>,
+    HostTensor,
+    Option<HostTensor>,
+    BTreeSet<String>,
+);
 
 /// Dequantization is CPU-bound and single-threaded per tensor in candle, so independent parts are
 /// spread over a few workers pulling from a shared counter (big matrices first, so they overlap
@@ -332,9 +265,9 @@ fn load_parts_parallel(g: &GgufFile, c: &ModelConfig, threads: usize) -> Result<
     let next = AtomicUsize::new(0);
     let run = |job: Option<usize>| -> Result<Part> {
         match job {
-            None => g.tensor_f32("token_embd.weight").map(Part::Embed),
-            Some(usize::MAX) => g.tensor_f32("output.weight").map(Part::Head),
-            Some(i) => load_layer(g, c, i).map(|l| Part::Layer(i, Box::new(l))),
+            None => g.tensor_f32(EMBED.1).map(Part::Embed),
+            Some(usize::MAX) => g.tensor_f32(LM_HEAD.1).map(Part::Head),
+            Some(i) => load_layer(g, c, i).map(|(l, used)| Part::Layer(i, Box::new(l), used)),
         }
     };
     let parts: Vec<Part> = std::thread::scope(|s| -> Result<Vec<Part>> {
@@ -363,11 +296,15 @@ fn load_parts_parallel(g: &GgufFile, c: &ModelConfig, threads: usize) -> Result<
     })?;
     let mut layers: Vec<Option<LayerWeights>> = (0..c.num_layers).map(|_| None).collect();
     let (mut embed, mut head) = (None, None);
+    let mut used = BTreeSet::new();
     for part in parts {
         match part {
             Part::Embed(t) => embed = Some(t),
             Part::Head(t) => head = Some(t),
-            Part::Layer(i, l) => layers[i] = Some(*l),
+            Part::Layer(i, l, names) => {
+                layers[i] = Some(*l);
+                used.extend(names);
+            }
         }
     }
     let layers = layers
@@ -376,5 +313,5 @@ fn load_parts_parallel(g: &GgufFile, c: &ModelConfig, threads: usize) -> Result<
         .map(|(i, l)| l.ok_or_else(|| anyhow!("layer {i} was not loaded")))
         .collect::<Result<Vec<_>>>()?;
     let embed = embed.ok_or_else(|| anyhow!("token_embd.weight was not loaded"))?;
-    Ok((layers, embed, head))
+    Ok((layers, embed, head, used))
 }

@@ -11,64 +11,12 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use super::{Arch, HostTensor, LayerWeights, ModelConfig, ModelWeights};
+use super::arch::{EMBED, FINAL_NORM, LM_HEAD};
+use super::assemble::{self, Format};
+use super::{HostTensor, ModelWeights, parse_hf_config};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
-
-/// Parses `config.json` the way transformers' Qwen2Config / LlamaConfig default their fields.
-pub(crate) fn parse_config(json: &Value, name: String) -> Result<ModelConfig> {
-    let model_type = json
-        .get("model_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("config.json has no model_type"))?;
-    let arch = Arch::parse(model_type)?;
-    let uint =
-        |k: &str| -> Option<usize> { json.get(k).and_then(Value::as_u64).map(|v| v as usize) };
-    let need = |k: &str| uint(k).ok_or_else(|| anyhow!("config.json has no integer {k}"));
-    let float = |k: &str| json.get(k).and_then(Value::as_f64);
-    // Llama 3 lists several eos ids; the first is the one generation configs name.
-    let token_id = |k: &str| -> Option<u32> {
-        match json.get(k)? {
-            Value::Array(a) => a.first()?.as_u64().map(|v| v as u32),
-            v => v.as_u64().map(|v| v as u32),
-        }
-    };
-    let hidden_size = need("hidden_size")?;
-    let num_heads = need("num_attention_heads")?;
-    let rope_theta = float("rope_theta")
-        // transformers >= 5 nests it under rope_parameters
-        .or_else(|| json.get("rope_parameters")?.get("rope_theta")?.as_f64())
-        .unwrap_or(10_000.0);
-    let config = ModelConfig {
-        arch,
-        vocab_size: need("vocab_size")?,
-        hidden_size,
-        intermediate_size: need("intermediate_size")?,
-        num_layers: need("num_hidden_layers")?,
-        num_heads,
-        num_kv_heads: uint("num_key_value_heads").unwrap_or(num_heads),
-        head_dim: uint("head_dim").unwrap_or(hidden_size / num_heads),
-        rope_theta: rope_theta as f32,
-        rms_norm_eps: float("rms_norm_eps").unwrap_or(1e-6) as f32,
-        tie_word_embeddings: json
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        attention_bias: match arch {
-            Arch::Qwen2 => true,
-            Arch::Llama => json
-                .get("attention_bias")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        },
-        bos_token_id: token_id("bos_token_id"),
-        eos_token_id: token_id("eos_token_id"),
-        name,
-    };
-    config.check()?;
-    Ok(config)
-}
 
 /// The safetensors files of a directory, in a stable order.
 fn shard_files(dir: &Path) -> Result<Vec<String>> {
@@ -120,7 +68,7 @@ fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host
     HostTensor::new(view.shape().to_vec(), data)
 }
 
-/// Loads a Qwen2 or Llama model from a Hugging Face directory.
+/// Loads a model of a supported architecture from a Hugging Face directory.
 pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
     let start = Instant::now();
     let config_path = dir.join("config.json");
@@ -132,7 +80,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config = parse_config(&json, name)?;
+    let config = parse_hf_config(&json, name)
+        .with_context(|| format!("model config {}", config_path.display()))?;
 
     let files = shard_files(dir)?;
     let maps = files
@@ -173,35 +122,29 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
         }
     };
 
+    let mut used = BTreeSet::new();
     let layers = (0..config.num_layers)
-        .map(|i| {
-            let p = format!("model.layers.{i}");
-            Ok(LayerWeights {
-                attn_norm: get(&format!("{p}.input_layernorm.weight"))?,
-                q_proj: get(&format!("{p}.self_attn.q_proj.weight"))?,
-                q_bias: opt(&format!("{p}.self_attn.q_proj.bias"))?,
-                k_proj: get(&format!("{p}.self_attn.k_proj.weight"))?,
-                k_bias: opt(&format!("{p}.self_attn.k_proj.bias"))?,
-                v_proj: get(&format!("{p}.self_attn.v_proj.weight"))?,
-                v_bias: opt(&format!("{p}.self_attn.v_proj.bias"))?,
-                o_proj: get(&format!("{p}.self_attn.o_proj.weight"))?,
-                ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_proj: get(&format!("{p}.mlp.gate_proj.weight"))?,
-                up_proj: get(&format!("{p}.mlp.up_proj.weight"))?,
-                down_proj: get(&format!("{p}.mlp.down_proj.weight"))?,
-            })
-        })
+        .map(|i| assemble::layer(&config, Format::Hf, i, &mut used, |name, _| opt(name)))
         .collect::<Result<Vec<_>>>()?;
     // transformers ties the head whenever the config says so, ignoring a stored lm_head.
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(get("lm_head.weight")?)
+        Some(get(LM_HEAD.0)?)
     };
+    used.extend([EMBED.0, FINAL_NORM.0, LM_HEAD.0].map(String::from));
+    // Non-persistent buffers some old checkpoints still carry.
+    let ignorable = |n: &str| n.ends_with("rotary_emb.inv_freq");
+    assemble::refuse_unused(
+        where_is.keys().map(String::as_str),
+        &used,
+        ignorable,
+        config.arch,
+    )?;
     let weights = ModelWeights {
-        embed_tokens: get("model.embed_tokens.weight")?,
+        embed_tokens: get(EMBED.0)?,
         layers,
-        final_norm: get("model.norm.weight")?,
+        final_norm: get(FINAL_NORM.0)?,
         lm_head,
         config,
     };

@@ -2,23 +2,34 @@
 //!
 //! Every loader produces the same [`ModelWeights`]: row-major f32 tensors shaped exactly like the
 //! `transformers` state dict (`[out_features, in_features]` for projections), with llama.cpp's Q/K row
-//! permutation already undone. The model builder therefore never needs to know where weights came from.
+//! permutation and Gemma's `1 + w` norm storage already undone, plus the architecture descriptor
+//! ([`ModelConfig`] with its [`ArchFeatures`]). The model builder therefore never needs to know where
+//! weights came from, nor which family they belong to. What is supported and what is refused:
+//! docs/MODELS.md.
 
+mod arch;
+mod assemble;
 mod config;
 pub mod gguf;
+mod gguf_config;
+mod hf_config;
 mod hf_dir;
 mod identity;
 mod permute;
+mod rope;
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-pub use config::{Arch, ModelConfig};
+pub use arch::SUPPORTED as SUPPORTED_ARCHITECTURES;
+pub use config::{Activation, Arch, ArchFeatures, LayerAttention, ModelConfig, NormKind};
 pub use gguf::load_gguf;
+pub use hf_config::parse_hf_config;
 pub use hf_dir::load_hf_dir;
 pub use identity::content_hash;
 pub use permute::unpermute_llama_rows;
+pub use rope::RopeScaling;
 
 /// A dense row-major f32 tensor on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,8 +89,16 @@ pub struct LayerWeights {
     pub v_bias: Option<HostTensor>,
     /// `[h, num_heads * head_dim]`.
     pub o_proj: HostTensor,
-    /// `post_attention_layernorm`, `[h]`.
+    /// `self_attn.q_norm` / `k_norm`, `[head_dim]` (QK-norm families).
+    pub q_norm: Option<HostTensor>,
+    pub k_norm: Option<HostTensor>,
+    /// Gemma's `post_attention_layernorm` on the attention output, `[h]`.
+    pub post_attn_norm: Option<HostTensor>,
+    /// The norm before the MLP, `[h]`: `post_attention_layernorm` in Llama-style blocks,
+    /// `pre_feedforward_layernorm` in Gemma's.
     pub ffn_norm: HostTensor,
+    /// Gemma's `post_feedforward_layernorm` on the MLP output, `[h]`.
+    pub post_ffn_norm: Option<HostTensor>,
     /// `[ffn, h]`.
     pub gate_proj: HostTensor,
     /// `[ffn, h]`.
@@ -122,7 +141,11 @@ impl ModelWeights {
                     + l.v_proj.numel()
                     + opt(&l.v_bias)
                     + l.o_proj.numel()
+                    + opt(&l.q_norm)
+                    + opt(&l.k_norm)
+                    + opt(&l.post_attn_norm)
                     + l.ffn_norm.numel()
+                    + opt(&l.post_ffn_norm)
                     + l.gate_proj.numel()
                     + l.up_proj.numel()
                     + l.down_proj.numel()
@@ -170,6 +193,26 @@ impl ModelWeights {
                     Some(b) => b.expect_shape(&ctx(name), &[rows])?,
                     None if c.attention_bias => bail!("{} missing", ctx(name)),
                     None => {}
+                }
+            }
+            let f = &c.features;
+            for (name, t, wanted, len) in [
+                ("q_norm", &l.q_norm, f.qk_norm, c.head_dim),
+                ("k_norm", &l.k_norm, f.qk_norm, c.head_dim),
+                ("post_attn_norm", &l.post_attn_norm, f.sandwich_norms, h),
+                ("post_ffn_norm", &l.post_ffn_norm, f.sandwich_norms, h),
+            ] {
+                match (t, wanted) {
+                    (Some(t), true) => t.expect_shape(&ctx(name), &[len])?,
+                    (None, false) => {}
+                    (None, true) => bail!("{} missing", ctx(name)),
+                    (Some(_), false) => {
+                        bail!(
+                            "{} present but the {} block has no such norm",
+                            ctx(name),
+                            c.arch
+                        )
+                    }
                 }
             }
         }

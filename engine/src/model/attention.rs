@@ -1,0 +1,175 @@
+//! The per-batch attention inputs of the prefill program, one set per attention kind
+//! ([`AttnVariant`]): the visibility mask and the RoPE cos/sin tables.
+//!
+//! Visibility is decided by flattened index, segment and — for sliding windows — **model
+//! positions** (the `positions` input), never by flattened distance: a packed item sits after
+//! other items in the batch but at positions continuing its query, and a cached prefix column `c`
+//! holds position `c`. So a query at position `p` sees a key at position `q` iff the causal and
+//! segment rules allow it and `q > p - window`, whether the key is in the batch or in the cache;
+//! packing, the prefix cache and coalescing stay exact with a window.
+
+use crate::hlo::{Cmp, ElemType, FuncBuilder, TensorType, Value};
+
+use super::params::AttnVariant;
+
+type HloResult<T> = crate::hlo::Result<T>;
+
+/// One attention kind's inputs to a layer.
+#[derive(Clone)]
+pub(crate) struct AttnInputs {
+    /// `[T, C + T]` (cached columns first) or `[T, T]`, `pred`.
+    pub mask: Value,
+    /// `[T, head_dim]` each.
+    pub cos: Value,
+    pub sin: Value,
+}
+
+/// The batch-level values every variant derives from.
+pub(crate) struct BatchInputs<'a> {
+    pub tokens: i64,
+    pub head_dim: i64,
+    pub positions: &'a Value,
+    pub segment: &'a Value,
+    pub prefix: &'a Value,
+    /// `(columns, cache_len)` of a cached prefix.
+    pub cache: Option<(i64, &'a Value)>,
+}
+
+/// The causal + segment mask without a window, `[T, C + T]` or `[T, T]`.
+fn base_mask(b: &mut FuncBuilder, x: &BatchInputs<'_>) -> HloResult<Value> {
+    let t = x.tokens;
+    let tt = [t, t];
+    let seg_q = b.broadcast_in_dim(x.segment, &tt, &[0])?;
+    let seg_k = b.broadcast_in_dim(x.segment, &tt, &[1])?;
+    let pre_q = b.broadcast_in_dim(x.prefix, &tt, &[0])?;
+    let row = b.iota(TensorType::i32(&tt), 0)?;
+    let col = b.iota(TensorType::i32(&tt), 1)?;
+    let causal = b.compare(&col, &row, Cmp::Le)?;
+    let same = b.compare(&seg_k, &seg_q, Cmp::Eq)?;
+    let in_prefix = b.compare(&seg_k, &pre_q, Cmp::Eq)?;
+    let pad = b.splat(TensorType::i32(&tt), -1.0);
+    let real = b.compare(&seg_k, &pad, Cmp::Ne)?;
+    let visible = b.or(&same, &in_prefix)?;
+    let mask = b.and(&causal, &visible)?;
+    let mask = b.and(&mask, &real)?;
+    // With a cache, [T, C] columns in front: real tokens see the first cache_len of them.
+    match x.cache {
+        Some((c, cache_len)) => {
+            let tc = [t, c];
+            let ccol = b.iota(TensorType::i32(&tc), 1)?;
+            let len = b.broadcast_in_dim(cache_len, &tc, &[])?;
+            let filled = b.compare(&ccol, &len, Cmp::Lt)?;
+            let seg_row = b.broadcast_in_dim(x.segment, &tc, &[0])?;
+            let pad = b.splat(TensorType::i32(&tc), -1.0);
+            let real_row = b.compare(&seg_row, &pad, Cmp::Ne)?;
+            let cmask = b.and(&filled, &real_row)?;
+            b.concatenate(&[&cmask, &mask], 1)
+        }
+        None => Ok(mask),
+    }
+}
+
+/// `pos_q - pos_k < window` over the mask's columns (cached column `c` is position `c`).
+fn window_mask(b: &mut FuncBuilder, x: &BatchInputs<'_>, window: i64) -> HloResult<Value> {
+    let t = x.tokens;
+    let tt = [t, t];
+    let pos_q = b.broadcast_in_dim(x.positions, &tt, &[0])?;
+    let pos_k = b.broadcast_in_dim(x.positions, &tt, &[1])?;
+    let dist = b.sub(&pos_q, &pos_k)?;
+    let w = b.splat(TensorType::i32(&tt), window as f64);
+    let near = b.compare(&dist, &w, Cmp::Lt)?;
+    match x.cache {
+        Some((c, _)) => {
+            let tc = [t, c];
+            let ccol = b.iota(TensorType::i32(&tc), 1)?;
+            let pos_qc = b.broadcast_in_dim(x.positions, &tc, &[0])?;
+            let dist = b.sub(&pos_qc, &ccol)?;
+            let w = b.splat(TensorType::i32(&tc), window as f64);
+            let cnear = b.compare(&dist, &w, Cmp::Lt)?;
+            b.concatenate(&[&cnear, &near], 1)
+        }
+        None => Ok(near),
+    }
+}
+
+/// RoPE tables `[T, hd]`: angle = position · inv_freq, halves duplicated, times the variant's
+/// cos/sin factor where it is not 1.
+fn rope_tables(
+    b: &mut FuncBuilder,
+    x: &BatchInputs<'_>,
+    v: &AttnVariant,
+) -> HloResult<(Value, Value)> {
+    let (t, hd) = (x.tokens, x.head_dim);
+    let half = hd / 2;
+    let inv_freq = b.constant_f32(&[half], &v.inv_freq())?;
+    let pos_f = b.convert(x.positions, ElemType::F32);
+    let pos_b = b.broadcast_in_dim(&pos_f, &[t, half], &[0])?;
+    let inv_b = b.broadcast_in_dim(&inv_freq, &[t, half], &[1])?;
+    let freqs = b.mul(&pos_b, &inv_b)?;
+    let angles = b.concatenate(&[&freqs, &freqs], 1)?;
+    let mut cos = b.cos(&angles)?;
+    let mut sin = b.sin(&angles)?;
+    let scale = v.rope_scale();
+    if scale != 1.0 {
+        cos = b.mul_const(&cos, scale as f64)?;
+        sin = b.mul_const(&sin, scale as f64)?;
+    }
+    Ok((cos, sin))
+}
+
+/// The inputs of every variant, in `variants` order (the base mask is built once and shared).
+pub(crate) fn build(
+    b: &mut FuncBuilder,
+    x: &BatchInputs<'_>,
+    variants: &[AttnVariant],
+) -> HloResult<Vec<AttnInputs>> {
+    let base = base_mask(b, x)?;
+    variants
+        .iter()
+        .map(|v| {
+            let mask = match v.window {
+                Some(w) => {
+                    let near = window_mask(b, x, w)?;
+                    b.and(&base, &near)?
+                }
+                None => base.clone(),
+            };
+            let (cos, sin) = rope_tables(b, x, v)?;
+            Ok(AttnInputs { mask, cos, sin })
+        })
+        .collect()
+}
+
+/// Inside the layer loop: the inputs of layer `i` (a traced `i32[]`), chosen from `all` by the
+/// constant per-layer variant table. One variant needs no choice.
+pub(crate) fn select_for_layer(
+    b: &mut FuncBuilder,
+    all: &[AttnInputs],
+    layer_variant: &[usize],
+    i: &Value,
+) -> HloResult<AttnInputs> {
+    let Some(first) = all.first() else {
+        return Err(crate::hlo::HloError::Invalid {
+            op: "prefill",
+            msg: "no attention variant".into(),
+        });
+    };
+    if all.len() == 1 {
+        return Ok(first.clone());
+    }
+    let table: Vec<i32> = layer_variant.iter().map(|&k| k as i32).collect();
+    let table = b.constant_i32(&[table.len() as i64], &table)?;
+    let k = b.dynamic_slice(&table, &[i], &[1])?;
+    let k = b.reshape(&k, &[])?;
+    let mut chosen = first.clone();
+    for (idx, v) in all.iter().enumerate().skip(1) {
+        let kc = b.scalar_i32(idx as i32);
+        let pick = b.compare(&k, &kc, Cmp::Eq)?;
+        chosen = AttnInputs {
+            mask: b.select(&pick, &v.mask, &chosen.mask)?,
+            cos: b.select(&pick, &v.cos, &chosen.cos)?,
+            sin: b.select(&pick, &v.sin, &chosen.sin)?,
+        };
+    }
+    Ok(chosen)
+}
