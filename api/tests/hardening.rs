@@ -212,7 +212,8 @@ async fn undecodable_record_is_dead_lettered_not_retried() {
 }
 
 /// Defect 3: text Postgres cannot store (U+0000) is refused with 400 at validation, in both
-/// modes, wherever it is in the body; it used to be 503 (distributed) and 200 (embedded).
+/// modes, wherever it is in the body, the message naming the field; it used to be 503
+/// (distributed) and 200 (embedded).
 async fn nul_characters_are_refused(backing: Backing) {
     let mut h = Harness::start(backing, |_| {}).await;
     h.start_worker();
@@ -225,7 +226,8 @@ async fn nul_characters_are_refused(backing: Backing) {
     cases.push(("items[1]", item));
     let mut one = score_body();
     one["items"] = json!("\u{0}");
-    cases.push(("items[0]", one));
+    // One string item: the whole-body check names the field as sent.
+    cases.push(("$.items", one));
     let mut extra = score_body();
     extra["note"] = json!({"deep": ["\u{0}"]});
     cases.push(("$.note.deep[0]", extra));

@@ -190,7 +190,9 @@ impl AuditStore for MemoryAuditStore {
             let attempts = stored.attempts.max(record.attempts);
             let started_at = record.started_at.or(stored.started_at);
             let queue_ms = record.queue_ms.or(stored.queue_ms);
+            let published_at = stored.published_at.or(record.published_at);
             *stored = record.clone();
+            stored.published_at = published_at;
             stored.request = stored.request.take().or(request);
             stored.attempts = attempts;
             stored.started_at = started_at;
