@@ -473,7 +473,10 @@ async fn queue_bound_holds_under_a_burst(backing: Backing) {
          refused (429), {:?}",
         started.elapsed()
     );
-    assert!(accepted <= bound, "{accepted} accepted over a bound of {bound}");
+    assert!(
+        accepted <= bound,
+        "{accepted} accepted over a bound of {bound}"
+    );
     assert!(accepted > 0, "nothing accepted");
     let depth = h.stores.queue.depth(MODEL).await.expect("depth");
     assert!(depth <= bound, "queue depth {depth}");

@@ -167,7 +167,11 @@ pub fn finish_row(
             .map(|&v| {
                 let gap = f64::from(v) - max;
                 // 0 / t is 0 for the maximum itself, whatever t is.
-                if gap == 0.0 { 1.0 } else { (gap / temperature).exp() }
+                if gap == 0.0 {
+                    1.0
+                } else {
+                    (gap / temperature).exp()
+                }
             })
             .collect();
         let sum: f64 = exps.iter().sum();

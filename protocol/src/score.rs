@@ -486,9 +486,18 @@ mod tests {
     #[test]
     fn nul_characters_are_refused_where_they_are() {
         let cases = [
-            (serde_json::json!({"query": "a\u{0}", "items": ["x"], "label_token_ids": [1]}), "query"),
-            (serde_json::json!({"query": "a", "items": ["x", "\u{0}"], "label_token_ids": [1]}), "items[1]"),
-            (serde_json::json!({"query": "a", "items": "\u{0}", "label_token_ids": [1]}), "items[0]"),
+            (
+                serde_json::json!({"query": "a\u{0}", "items": ["x"], "label_token_ids": [1]}),
+                "query",
+            ),
+            (
+                serde_json::json!({"query": "a", "items": ["x", "\u{0}"], "label_token_ids": [1]}),
+                "items[1]",
+            ),
+            (
+                serde_json::json!({"query": "a", "items": "\u{0}", "label_token_ids": [1]}),
+                "items[0]",
+            ),
         ];
         for (body, field) in cases {
             let err = req(body.clone()).validate().expect_err("NUL refused");
@@ -497,7 +506,11 @@ mod tests {
         }
         let body = serde_json::json!({"metadata": {"k": ["ok", "b\u{0}"]}, "x": 1});
         let err = refuse_nul_in_json(&body).expect_err("NUL refused");
-        assert!(err.message.starts_with("$.metadata.k[1]"), "{}", err.message);
+        assert!(
+            err.message.starts_with("$.metadata.k[1]"),
+            "{}",
+            err.message
+        );
         let key = serde_json::json!({"a\u{0}": 1});
         assert!(refuse_nul_in_json(&key).is_err());
         assert!(refuse_nul_in_json(&serde_json::json!({"a": ["b", {"c": "d"}]})).is_ok());
@@ -513,11 +526,41 @@ mod tests {
         };
         assert!(good.check().is_ok());
         for (bad, what) in [
-            (ScoreJob { temperature: 0.0, ..good.clone() }, "temperature"),
-            (ScoreJob { temperature: f64::NAN, ..good.clone() }, "temperature"),
-            (ScoreJob { labels: vec![], ..good.clone() }, "label lists"),
-            (ScoreJob { prompts: vec![vec![]], ..good.clone() }, "prompt is empty"),
-            (ScoreJob { labels: vec![vec![]], ..good.clone() }, "label list is empty"),
+            (
+                ScoreJob {
+                    temperature: 0.0,
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                ScoreJob {
+                    temperature: f64::NAN,
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                ScoreJob {
+                    labels: vec![],
+                    ..good.clone()
+                },
+                "label lists",
+            ),
+            (
+                ScoreJob {
+                    prompts: vec![vec![]],
+                    ..good.clone()
+                },
+                "prompt is empty",
+            ),
+            (
+                ScoreJob {
+                    labels: vec![vec![]],
+                    ..good.clone()
+                },
+                "label list is empty",
+            ),
         ] {
             let err = bad.check().expect_err("refused");
             assert!(err.message.contains(what), "{}", err.message);

@@ -19,8 +19,7 @@ use crate::Worker;
 use crate::process::bounded;
 
 /// What a swept job's error says.
-pub const UNPUBLISHED_MESSAGE: &str =
-    "never queued: its submission did not complete (it was answered with an error); submit it again";
+pub const UNPUBLISHED_MESSAGE: &str = "never queued: its submission did not complete (it was answered with an error); submit it again";
 
 /// How often to sweep: a few times per grace period, between 1 s and 30 s.
 fn period(grace: Duration) -> Duration {

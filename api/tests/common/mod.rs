@@ -51,7 +51,9 @@ pub async fn engine() -> Arc<Engine> {
 pub fn load_engine() -> Engine {
     let home = std::env::var_os("SCORER_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/scorer"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/scorer")
+        });
     let path = home.join("models").join(format!("{MODEL}.gguf"));
     Engine::load(EngineConfig::new(path, MODEL.to_string()))
         .expect("engine loads (run `scorer fetch` first)")
