@@ -58,6 +58,7 @@ fn jobs(engine: &Engine, bodies: &[Value]) -> Vec<ScoreJob> {
 fn scores(engine: &Engine, bodies: &[Value]) -> Vec<Vec<Vec<f64>>> {
     engine
         .score_batch(&jobs(engine, bodies))
+        .expect("engine up")
         .into_iter()
         .map(|r| r.expect("scored").scores)
         .collect()

@@ -35,6 +35,7 @@ fn score_many(engine: &Engine, bodies: &[Value]) -> Vec<ScoreResponse> {
         .collect();
     engine
         .score_batch(&jobs)
+        .expect("engine up")
         .into_iter()
         .zip(bodies)
         .map(|(out, b)| {
@@ -87,7 +88,7 @@ fn test_score_consistency_with_hf() {
             .iter()
             .map(|r| engine.prepare(r).expect("prepare"))
             .collect();
-        let outputs = engine.score_batch(&jobs);
+        let outputs = engine.score_batch(&jobs).expect("engine up");
         let mut worst = 0.0f64;
         for ((case, request), (job, out)) in
             cases.iter().zip(&requests).zip(jobs.iter().zip(outputs))

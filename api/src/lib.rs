@@ -60,22 +60,16 @@ use utoipa::OpenApi;
 pub struct ApiDoc;
 
 /// [`deadline`] for calls whose failures are handled as store errors (the upload's line writes,
-/// its publishes and its bookkeeping): a call past `limit` becomes `Unavailable`.
+/// its publishes and its bookkeeping): a call past `limit` becomes `Unavailable`. The one
+/// helper, `scorer_jobs::Deadline`, with the API's counter.
 pub(crate) async fn bounded<T>(
     limit: std::time::Duration,
     service: &'static str,
     call: impl std::future::Future<Output = Result<T, scorer_jobs::StoreError>>,
 ) -> Result<T, scorer_jobs::StoreError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            ::metrics::counter!("scorer_store_timeouts_total", "service" => service).increment(1);
-            Err(scorer_jobs::StoreError::unavailable(
-                service,
-                format!("no answer within {:.1} s", limit.as_secs_f64()),
-            ))
-        }
-    }
+    scorer_jobs::Deadline::new(limit, scorer_jobs::deadline::API_TIMEOUTS)
+        .run(service, call)
+        .await
 }
 
 /// Runs one broker, Redis or Postgres call under a deadline: a dependency that does not answer
@@ -85,16 +79,7 @@ pub(crate) async fn deadline<T>(
     service: &'static str,
     call: impl std::future::Future<Output = Result<T, scorer_jobs::StoreError>>,
 ) -> Result<T, ApiError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(outcome) => outcome.map_err(ApiError::from),
-        Err(_) => {
-            ::metrics::counter!("scorer_store_timeouts_total", "service" => service).increment(1);
-            Err(ApiError::Unavailable(format!(
-                "{service} unavailable: no answer within {:.1} s",
-                limit.as_secs_f64()
-            )))
-        }
-    }
+    bounded(limit, service, call).await.map_err(ApiError::from)
 }
 
 /// The API's routes over `state`.

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use scorer_jobs::{JobQueue, ResultStore, StoreError};
+use scorer_jobs::{JobQueue, StoreError, WorkerRegistry};
 use scorer_protocol::job::JobEnvelope;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -42,7 +42,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 
 pub struct Locality {
     enabled: bool,
-    results: Arc<dyn ResultStore>,
+    workers: Arc<dyn WorkerRegistry>,
     model: String,
     liveness: Duration,
     refresh: Duration,
@@ -61,13 +61,13 @@ impl Locality {
     pub fn new(
         config: &LocalityConfig,
         queue: &dyn JobQueue,
-        results: Arc<dyn ResultStore>,
+        workers: Arc<dyn WorkerRegistry>,
         model: &str,
         liveness: Duration,
     ) -> Self {
         Locality {
             enabled: config.enabled && queue.has_worker_queues(),
-            results,
+            workers,
             model: model.to_string(),
             liveness,
             refresh: config.refresh,
@@ -87,15 +87,15 @@ impl Locality {
     async fn live_workers(&self) -> Vec<String> {
         let mut live = self.live.lock().await;
         if live.read_at.is_none_or(|at| at.elapsed() >= self.refresh) {
-            let read = tokio::time::timeout(
+            let read = crate::bounded(
                 LOOKUP_TIMEOUT,
-                self.results.live_model_workers(&self.model, self.liveness),
+                "results",
+                self.workers.live_model_workers(&self.model, self.liveness),
             )
             .await;
             match read {
-                Ok(Ok(workers)) => live.workers = workers,
-                Ok(Err(e)) => tracing::warn!(error = %e, "reading live workers failed"),
-                Err(_) => tracing::warn!("reading live workers timed out"),
+                Ok(workers) => live.workers = workers,
+                Err(e) => tracing::warn!(error = %e, "reading live workers failed"),
             }
             live.read_at = Some(Instant::now());
         }

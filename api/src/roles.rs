@@ -35,13 +35,23 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
         ),
         None => Arc::new(MemoryQueue::new()),
     };
-    let results: Arc<dyn scorer_jobs::ResultStore> = match &urls.redis_url {
-        Some(url) => Arc::new(
-            RedisResultStore::connect(url, &config.namespace, config.result_ttl)
-                .await
-                .context("connecting to Redis")?,
-        ),
-        None => Arc::new(MemoryResultStore::new(config.result_ttl)),
+    type Results = (
+        Arc<dyn scorer_jobs::ResultStore>,
+        Arc<dyn scorer_jobs::WorkerRegistry>,
+    );
+    let (results, workers): Results = match &urls.redis_url {
+        Some(url) => {
+            let redis = Arc::new(
+                RedisResultStore::connect(url, &config.namespace, config.result_ttl)
+                    .await
+                    .context("connecting to Redis")?,
+            );
+            (redis.clone(), redis)
+        }
+        None => {
+            let memory = Arc::new(MemoryResultStore::new(config.result_ttl));
+            (memory.clone(), memory)
+        }
     };
     type Postgres = (
         Arc<dyn AuditStore>,
@@ -72,6 +82,7 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
     Ok(Stores {
         queue,
         results,
+        workers,
         audit,
         batches,
         keys,
@@ -120,6 +131,7 @@ fn worker(config: &ServiceConfig, stores: &Stores, backend: Arc<dyn ScoreBackend
     Worker {
         queue: stores.queue.clone(),
         results: stores.results.clone(),
+        registry: stores.workers.clone(),
         audit: stores.audit.clone(),
         backend,
         webhooks: WebhookSender::new(

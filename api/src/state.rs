@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use scorer_jobs::webhook::WebhookSender;
-use scorer_jobs::{AuditStore, BatchStore, JobQueue, PostgresKeyStore, ResultStore};
+use scorer_jobs::{
+    AuditStore, BatchStore, JobQueue, PostgresKeyStore, ResultStore, WorkerRegistry,
+};
 use scorer_protocol::ScoreBackend;
 
 use crate::auth::Authenticator;
+use crate::submit::QueueSlots;
 use crate::{Locality, ServiceConfig};
 
 /// The queue and the stores, real or in-process.
@@ -14,6 +17,8 @@ use crate::{Locality, ServiceConfig};
 pub struct Stores {
     pub queue: Arc<dyn JobQueue>,
     pub results: Arc<dyn ResultStore>,
+    /// Which workers are alive (the same Redis as `results`, or in-process).
+    pub workers: Arc<dyn WorkerRegistry>,
     pub audit: Arc<dyn AuditStore>,
     /// Batches; their lines are jobs in `audit`.
     pub batches: Arc<dyn BatchStore>,
@@ -30,6 +35,8 @@ pub struct AppState {
     /// Which worker a keyed job goes to.
     pub locality: Arc<Locality>,
     pub auth: Arc<Authenticator>,
+    /// Places under the queue bound held by submissions not yet published.
+    pub queue_slots: Arc<QueueSlots>,
 }
 
 impl AppState {
@@ -42,7 +49,7 @@ impl AppState {
         let locality = Arc::new(Locality::new(
             &config.locality,
             stores.queue.as_ref(),
-            stores.results.clone(),
+            stores.workers.clone(),
             backend.model_id(),
             config.worker_liveness,
         ));
@@ -54,6 +61,7 @@ impl AppState {
             webhooks,
             locality,
             auth,
+            queue_slots: Arc::default(),
         }
     }
 }

@@ -1,12 +1,26 @@
 //! The path shared by sync and async submissions: parse, check the model and the limits, prepare
-//! (validate and tokenize), check the queue bound, record the job, publish it.
+//! (validate and tokenize), then accept: reserve a place under the queue bound, record the job,
+//! publish it, stamp it published.
+//!
+//! Acceptance is a small state machine whose every state is safe to stop in:
+//!
+//! | state | how it got there | what ends it |
+//! |---|---|---|
+//! | no row | bound refused, insert failed | nothing to end (the caller got 429/503) |
+//! | `queued`, not published | insert committed, publish failed or never ran, or its answer came too late | the publish failing marks it `failed` here; otherwise a replay of its idempotency key publishes it, or the worker's acceptance sweeper fails it after `unpublished_grace` |
+//! | `queued`, published | publish confirmed (answered 202) | a worker runs it |
+//!
+//! A 202 is answered only from the last state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use scorer_jobs::{Inserted, StoreError};
 use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, locality_key, now_millis};
-use scorer_protocol::{DEFAULT_MODEL_NAME, Items, ScoreJob, ScoreRequest};
+use scorer_protocol::{DEFAULT_MODEL_NAME, Items, ScoreJob, ScoreRequest, refuse_nul_in_json};
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState, deadline};
@@ -31,6 +45,8 @@ pub fn body_bytes(
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, serde_json::Value), ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    // Anywhere in the body, since the body is kept (audit) as it came: see `refuse_nul`.
+    refuse_nul_in_json(&value)?;
     let parsed = serde_json::from_value(value.clone())
         .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
     Ok((parsed, value))
@@ -85,10 +101,48 @@ pub async fn prepare(state: &AppState, req: ScoreRequest) -> Result<ScoreJob, Ap
     Ok(job)
 }
 
+/// Places under the global queue bound taken by this process's submissions that are between
+/// their depth check and their confirmed publish. The broker's depth does not count them yet, so
+/// without them a burst of concurrent submissions would all read the same depth and all pass.
+#[derive(Debug, Default)]
+pub struct QueueSlots {
+    reserved: Arc<AtomicU64>,
+}
+
+/// One reserved place; given back when dropped (after the publish was confirmed, the broker's
+/// depth counts the job instead).
+pub struct QueueSlot {
+    reserved: Arc<AtomicU64>,
+    /// Reservations held when this one was taken, itself included.
+    held: u64,
+}
+
+impl QueueSlots {
+    fn reserve(&self) -> QueueSlot {
+        let held = self.reserved.fetch_add(1, Ordering::SeqCst) + 1;
+        QueueSlot {
+            reserved: self.reserved.clone(),
+            held,
+        }
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// 429 when the model's queue already holds as much as it may (global bound), or when `tenant`
-/// already has as many unfinished jobs as it may (per-tenant bound).
-pub async fn check_bounds(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+/// already has as many unfinished jobs as it may (per-tenant bound). The global bound counts
+/// the broker's depth plus every submission of this process already past this check and not
+/// yet published (the reservation is taken before the depth is read, so of two concurrent
+/// submissions the later one always counts the earlier), which makes it exact for one API
+/// process; API replicas do not see each other's reservations, so N of them may overshoot it by
+/// their concurrent submissions.
+async fn check_bounds(state: &AppState, tenant: &str) -> Result<QueueSlot, ApiError> {
     let limit = state.config.store_timeout;
+    let slot = state.queue_slots.reserve();
     let depth = deadline(
         limit,
         "queue",
@@ -97,11 +151,15 @@ pub async fn check_bounds(state: &AppState, tenant: &str) -> Result<(), ApiError
     .await?;
     metrics::gauge!("scorer_queue_depth").set(depth as f64);
     let secs = state.config.retry_after.as_secs().max(1);
-    if depth >= state.config.max_queue_depth {
+    // `held` counts this submission too: with `depth + held - 1` already queued or on the way,
+    // this one is admitted only if that is under the bound.
+    let queued = depth + slot.held - 1;
+    if queued >= state.config.max_queue_depth {
         metrics::counter!("scorer_overloaded_total", "bound" => "queue").increment(1);
         return Err(ApiError::Overloaded {
             message: format!(
-                "the queue holds {depth} jobs, at its bound of {}; retry after {secs} s",
+                "the queue holds {queued} jobs (with those being submitted), at its bound of {}; \
+                 retry after {secs} s",
                 state.config.max_queue_depth
             ),
             retry_after_secs: secs,
@@ -121,7 +179,7 @@ pub async fn check_bounds(state: &AppState, tenant: &str) -> Result<(), ApiError
             });
         }
     }
-    Ok(())
+    Ok(slot)
 }
 
 pub fn envelope(record: &JobRecord, job: ScoreJob) -> JobEnvelope {
@@ -147,17 +205,30 @@ pub async fn publish(state: &AppState, envelope: &JobEnvelope) -> Result<(), Sto
     crate::locality::publish(&state.locality, state.stores.queue.as_ref(), envelope).await
 }
 
-/// Records the job (its audit row exists before anyone is told it was accepted), caches the
-/// queued state, and publishes with a broker confirm. `Inserted::Existing` is handed back
-/// untouched for the caller to judge (idempotent replay).
+/// Accepts a job: checks the bounds (holding a place under the queue bound until the publish is
+/// confirmed), records the job (its audit row exists before anyone is told it was accepted),
+/// caches the queued state, publishes with a broker confirm, and stamps the row published.
+/// `Inserted::Existing` is handed back for the caller to judge (idempotent replay); a replay of
+/// the same body whose job was never published (an earlier submission answered an error after
+/// its insert had committed) publishes it now.
 pub async fn accept(
     state: &AppState,
     record: &JobRecord,
     job: ScoreJob,
 ) -> Result<Inserted, ApiError> {
+    let _slot = check_bounds(state, &record.tenant).await?;
     let limit = state.config.store_timeout;
     let inserted = deadline(limit, "audit", state.stores.audit.insert(record)).await?;
-    if let Inserted::Existing(_) = inserted {
+    if let Inserted::Existing(existing) = &inserted {
+        if existing.request_hash == record.request_hash
+            && existing.status == JobStatus::Queued
+            && existing.published_at.is_none()
+        {
+            tracing::info!(job = %existing.id, "replay of a job never published; publishing it");
+            let envelope = envelope(existing, job);
+            deadline(limit, "queue", publish(state, &envelope)).await?;
+            mark_published(state, existing.id).await;
+        }
         return Ok(inserted);
     }
     if let Err(e) = deadline(limit, "results", state.stores.results.put(record)).await {
@@ -166,16 +237,27 @@ pub async fn accept(
     }
     let envelope = envelope(record, job);
     if let Err(e) = deadline(limit, "queue", publish(state, &envelope)).await {
-        // Never queued: say so in the record rather than leave a job queued forever.
+        // Never queued: say so in the record rather than leave a job queued forever (if this
+        // write fails too, the acceptance sweeper does it later).
         let mut failed = record.clone();
-        failed.status = JobStatus::Failed;
-        failed.finished_at = Some(now_millis());
-        failed.error = Some(format!("could not be queued: {e}"));
+        failed.fail(format!("could not be queued: {e}"));
         if let Ok(finished) = deadline(limit, "audit", state.stores.audit.finish(&failed)).await {
             let _ = deadline(limit, "results", state.stores.results.put(&finished.record)).await;
         }
         return Err(e);
     }
+    mark_published(state, record.id).await;
     metrics::counter!("scorer_jobs_accepted_total", "kind" => record.kind.as_str()).increment(1);
     Ok(Inserted::Created)
+}
+
+/// Stamps the row published. The job is on the queue whatever this answers, so a failure is
+/// only logged: the job runs; if it is still queued after the sweeper's grace period it is
+/// failed then (rare: it needs Postgres to fail right after it accepted the insert).
+async fn mark_published(state: &AppState, id: uuid::Uuid) {
+    let limit = state.config.store_timeout;
+    let call = state.stores.audit.mark_published(id, now_millis());
+    if let Err(e) = deadline(limit, "audit", call).await {
+        tracing::warn!(job = %id, error = %e, "could not stamp the job published");
+    }
 }

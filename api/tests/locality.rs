@@ -54,7 +54,7 @@ async fn wait_live(h: &Harness, n: usize) -> Vec<String> {
     loop {
         let live = h
             .stores
-            .results
+            .workers
             .live_model_workers(MODEL, h.config.worker_liveness)
             .await
             .expect("live workers");

@@ -39,7 +39,9 @@ async fn postgres_down_then_hung_answers_503_quickly_and_recovers() {
     let proxy = FaultProxy::start("127.0.0.1:5432").await;
     let port = proxy.port;
     let mut h = Harness::start(Backing::Real, |c| {
-        c.stores.database_url = Some(format!("postgres://postgres@127.0.0.1:{port}/test"));
+        // The database DATABASE_URL names, reached through the proxy.
+        c.stores.database_url =
+            Some(database_url().replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")));
         c.store_timeout = STORE_TIMEOUT;
     })
     .await;

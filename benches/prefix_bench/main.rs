@@ -99,8 +99,8 @@ fn delta(before: &ModelStats, after: &ModelStats, seconds: f64) -> Run {
 fn batch(engine: &Engine, jobs: &[ScoreJob]) -> Result<Run> {
     let before = engine.stats()?;
     let t = Instant::now();
-    for r in engine.score_batch(jobs) {
-        r.map_err(anyhow::Error::msg)?;
+    for r in engine.score_batch(jobs)? {
+        r?;
     }
     let s = t.elapsed().as_secs_f64();
     Ok(delta(&before, &engine.stats()?, s))

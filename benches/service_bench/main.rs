@@ -293,10 +293,10 @@ async fn direct(engine: &Arc<Engine>, rows: &Rows, n: usize) -> Result<f64> {
             .iter()
             .map(|r| engine.prepare(r))
             .collect::<Result<Vec<_>, _>>()?;
-        let outputs = engine.score_batch(&jobs);
+        let outputs = engine.score_batch(&jobs)?;
         let elapsed = t.elapsed().as_secs_f64();
         for o in outputs {
-            o.map_err(anyhow::Error::msg)?;
+            o?;
         }
         Ok(n as f64 / elapsed)
     })

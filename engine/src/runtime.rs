@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use scorer_protocol::{
-    ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest, ScoreResponse, ValidationError,
+    EngineUnavailable, JobFailure, ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest,
+    ScoreResponse, ValidationError,
 };
 
 use crate::coalesce::{PrefixGroup, group_by_prefix};
@@ -85,6 +86,8 @@ type Reply<T> = mpsc::SyncSender<T>;
 enum Command {
     Score(Vec<ScoreJob>, Reply<Vec<Result<ScoreOutput, String>>>),
     Stats(Reply<ModelStats>),
+    /// End the engine thread (what its death looks like to callers).
+    Stop,
 }
 
 pub struct Engine {
@@ -160,14 +163,22 @@ impl Engine {
         let job = self.prepare(req)?;
         let out = self
             .score_batch(std::slice::from_ref(&job))
+            .map_err(|e| ScoreError::Engine(e.to_string()))?
             .pop()
-            .unwrap_or_else(|| Err("the engine returned no result".to_string()))
-            .map_err(ScoreError::Engine)?;
+            .unwrap_or_else(|| Err(JobFailure::new("the engine returned no result")))
+            .map_err(|e| ScoreError::Engine(e.message))?;
         Ok(ScoreResponse::new(
             out.scores,
             self.model_id.clone(),
             out.prompt_tokens,
         ))
+    }
+
+    /// Ends the engine thread once the work already sent to it is done; every later call answers
+    /// [`EngineUnavailable`], as after a crash of that thread. For an orderly shutdown, and for
+    /// tests of what a worker does when its engine dies.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
     }
 
     /// Counters of the device side: forward passes, tokens computed, compiles, decode steps.
@@ -190,13 +201,23 @@ impl ScoreBackend for Engine {
         prepare(req, &self.tokenizer, self.config.vocab_size, &self.limits)
     }
 
-    fn score_batch(&self, jobs: &[ScoreJob]) -> Vec<Result<ScoreOutput, String>> {
+    fn score_batch(
+        &self,
+        jobs: &[ScoreJob],
+    ) -> Result<Vec<Result<ScoreOutput, JobFailure>>, EngineUnavailable> {
         let (reply, rx) = mpsc::sync_channel(1);
-        let stopped = || vec![Err("the engine thread has stopped".to_string()); jobs.len()];
+        let stopped = || EngineUnavailable {
+            reason: "the engine thread has stopped".to_string(),
+        };
         if self.tx.send(Command::Score(jobs.to_vec(), reply)).is_err() {
-            return stopped();
+            return Err(stopped());
         }
-        rx.recv().unwrap_or_else(|_| stopped())
+        // A reply channel dropped unanswered: the thread died (panicked) on this batch.
+        let outputs = rx.recv().map_err(|_| stopped())?;
+        Ok(outputs
+            .into_iter()
+            .map(|r| r.map_err(JobFailure::new))
+            .collect())
     }
 }
 
@@ -233,6 +254,10 @@ fn serve(model: &Model, cfg: &EngineConfig, rx: mpsc::Receiver<Command>) {
                 stats.prefix_cache_bytes = c.bytes;
                 stats.prefix_cache_entries = c.entries;
                 let _ = reply.send(stats);
+            }
+            Command::Stop => {
+                tracing::warn!("engine thread stopping");
+                return;
             }
         }
     }

@@ -154,9 +154,26 @@ pub fn finish_row(
     temperature: f64,
 ) -> Vec<f64> {
     if apply_softmax {
-        let scaled: Vec<f64> = values.iter().map(|&v| f64::from(v) / temperature).collect();
-        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let exps: Vec<f64> = scaled.iter().map(|v| (v - max).exp()).collect();
+        // The maximum is subtracted before dividing by the temperature: every exponent is then
+        // `<= 0` and the largest is exactly 0, so the sum is at least 1 and no temperature,
+        // however small (5e-324 included), can overflow to inf/inf = NaN. A tiny temperature
+        // gives the arg-max one-hot (ties share it), as its limit should.
+        let max = values
+            .iter()
+            .map(|&v| f64::from(v))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let exps: Vec<f64> = values
+            .iter()
+            .map(|&v| {
+                let gap = f64::from(v) - max;
+                // 0 / t is 0 for the maximum itself, whatever t is.
+                if gap == 0.0 {
+                    1.0
+                } else {
+                    (gap / temperature).exp()
+                }
+            })
+            .collect();
         let sum: f64 = exps.iter().sum();
         exps.into_iter().map(|e| e / sum).collect()
     } else {
@@ -184,6 +201,19 @@ mod tests {
         // A higher temperature flattens the distribution.
         let hot = finish_row(&[1.0, 2.0, 3.0], RowValues::Logits, true, 10.0);
         assert!(hot[2] < a[2]);
+    }
+
+    #[test]
+    fn tiny_temperatures_give_the_arg_max_not_nan() {
+        for t in [5e-324, 1e-308, 1e-300, 1e-30] {
+            let row = finish_row(&[-1.5, -0.25, -3.0], RowValues::Logits, true, t);
+            assert_eq!(row, vec![0.0, 1.0, 0.0], "temperature {t}");
+            let tie = finish_row(&[2.0, 2.0], RowValues::Logprobs, true, t);
+            assert_eq!(tie, vec![0.5, 0.5], "temperature {t}");
+        }
+        // Huge temperatures flatten to uniform, still finite.
+        let flat = finish_row(&[1.0, 9.0], RowValues::Logits, true, 1e308);
+        assert!(flat.iter().all(|p| (p - 0.5).abs() < 1e-12), "{flat:?}");
     }
 
     #[test]

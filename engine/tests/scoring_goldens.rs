@@ -128,8 +128,8 @@ fn packed_equals_per_item() {
         .map(|c| packed.prepare(&request(c)).expect("prepare"))
         .collect();
     // All jobs in one call: several requests share each forward pass.
-    let a = packed.score_batch(&jobs);
-    let b = per_item.score_batch(&jobs);
+    let a = packed.score_batch(&jobs).expect("engine up");
+    let b = per_item.score_batch(&jobs).expect("engine up");
     for (x, y) in a.iter().zip(&b) {
         let (x, y) = (x.as_ref().expect("packed"), y.as_ref().expect("per item"));
         for (rx, ry) in x.scores.iter().zip(&y.scores) {

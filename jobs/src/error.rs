@@ -21,6 +21,13 @@ impl StoreError {
         }
     }
 
+    /// Whether trying again later may succeed. A corrupt record stays corrupt: whoever meets
+    /// one must settle the job (fail it, dead-letter its message), never retry it as if a
+    /// service were down.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
     pub fn corrupt(what: &'static str, err: impl std::fmt::Display) -> Self {
         StoreError::Corrupt {
             what,

@@ -2,12 +2,15 @@
 //! contract test suite:
 //! - [`JobQueue`]: RabbitMQ ([`AmqpQueue`]) or an in-process priority queue ([`MemoryQueue`]);
 //! - [`ResultStore`]: Redis ([`RedisResultStore`]) or in-process ([`MemoryResultStore`]);
+//! - [`WorkerRegistry`]: worker liveness, on the same two backings;
+//! - [`Deadline`]: the one deadline every call to them runs under;
 //! - [`AuditStore`]: Postgres ([`PostgresAuditStore`]) or in-process ([`MemoryAuditStore`]);
 //! - [`BatchStore`]: Postgres ([`PostgresBatchStore`]) or in-process ([`MemoryBatchStore`]);
 //! - API keys: Postgres only ([`PostgresKeyStore`]).
 
 pub mod audit;
 pub mod batches;
+pub mod deadline;
 mod error;
 pub mod keys;
 pub mod queue;
@@ -22,10 +25,11 @@ pub use batches::{
     BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult,
     MemoryBatchStore, PostgresBatchStore,
 };
+pub use deadline::Deadline;
 pub use error::StoreError;
 pub use keys::{ApiKey, PostgresKeyStore};
 pub use queue::{
     AmqpQueue, AmqpTopology, DEFAULT_WORKER_QUEUE_TTL, DeadLetter, Delivery, DeliveryAcker,
     JobConsumer, JobQueue, MemoryQueue, WORKER_QUEUE_MAX_LENGTH,
 };
-pub use results::{MemoryResultStore, RedisResultStore, ResultStore};
+pub use results::{MemoryResultStore, RedisResultStore, ResultStore, WorkerRegistry};

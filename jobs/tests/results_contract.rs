@@ -1,11 +1,12 @@
-//! One contract for every `ResultStore`: each check runs against Redis and the in-process store.
+//! One contract for every `ResultStore` (and `WorkerRegistry`): each check runs against Redis and
+//! the in-process store.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{redis_url, unique};
-use scorer_jobs::{MemoryResultStore, RedisResultStore, ResultStore};
+use scorer_jobs::{MemoryResultStore, RedisResultStore, ResultStore, WorkerRegistry};
 use scorer_protocol::ScoreResponse;
 use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus, now_millis};
 use uuid::Uuid;
@@ -97,7 +98,7 @@ async fn entries_expire(s: &dyn ResultStore) {
     assert_eq!(s.get(r.id).await.expect("get"), None, "gone after the TTL");
 }
 
-async fn heartbeats_mark_live_workers(s: &dyn ResultStore) {
+async fn heartbeats_mark_live_workers(s: &dyn WorkerRegistry) {
     assert!(
         s.live_workers(Duration::from_secs(10))
             .await
@@ -124,7 +125,7 @@ async fn heartbeats_mark_live_workers(s: &dyn ResultStore) {
 
 /// Locality routing asks for the live workers of one model; a worker that stops on purpose
 /// leaves at once.
-async fn live_workers_by_model(s: &dyn ResultStore) {
+async fn live_workers_by_model(s: &dyn WorkerRegistry) {
     let within = Duration::from_secs(10);
     s.heartbeat("w-b", "model-a").await.expect("beat");
     s.heartbeat("w-a", "model-a").await.expect("beat");

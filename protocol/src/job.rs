@@ -238,6 +238,11 @@ pub struct JobRecord {
     /// Past this instant a job that has not started is `expired` instead of run.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the broker confirmed the job's message. A sync or async job still `queued` without
+    /// it past a grace period was never handed to the queue (its submission answered an error)
+    /// and is failed by the acceptance sweeper; a replay of its idempotency key publishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<DateTime<Utc>>,
 }
 
 impl JobRecord {
@@ -271,7 +276,25 @@ impl JobRecord {
             idempotency_key: None,
             request_hash: None,
             expires_at: None,
+            published_at: None,
         }
+    }
+
+    /// The job ends `failed` now with `message` (the caller stores it; the store keeps the
+    /// first terminal state if another delivery got there first).
+    pub fn fail(&mut self, message: impl Into<String>) {
+        self.finish_as(JobStatus::Failed, message);
+    }
+
+    /// The job ends `expired` now: it was not started before its deadline.
+    pub fn expire(&mut self, message: impl Into<String>) {
+        self.finish_as(JobStatus::Expired, message);
+    }
+
+    fn finish_as(&mut self, status: JobStatus, message: impl Into<String>) {
+        self.status = status;
+        self.finished_at = Some(now_millis());
+        self.error = Some(message.into());
     }
 
     pub fn object(&self) -> JobObject {

@@ -5,6 +5,7 @@ pub mod job;
 pub mod score;
 
 pub use score::{
-    DEFAULT_MODEL_NAME, Items, LabelIds, ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest,
-    ScoreResponse, TextOrTokens, Usage, Validated, ValidatedInput, ValidationError,
+    DEFAULT_MODEL_NAME, EngineUnavailable, Items, JobFailure, LabelIds, ScoreBackend, ScoreJob,
+    ScoreOutput, ScoreRequest, ScoreResponse, TextOrTokens, Usage, Validated, ValidatedInput,
+    ValidationError, refuse_nul, refuse_nul_in_json,
 };

@@ -111,12 +111,76 @@ impl ScoreJob {
     pub fn prompt_tokens(&self) -> usize {
         self.prompts.iter().map(Vec::len).sum()
     }
+
+    /// What the engine needs of a job, checked again where a job arrives from outside the
+    /// process (the queue): a payload that fails this would fail the same way on every
+    /// delivery, so it is a permanent failure, never a retry.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        if !self.temperature.is_finite() || self.temperature <= 0.0 {
+            return Err(ValidationError::new(format!(
+                "temperature must be a positive number, got {}",
+                self.temperature
+            )));
+        }
+        if self.labels.len() != self.prompts.len() {
+            return Err(ValidationError::new(format!(
+                "{} label lists for {} prompts",
+                self.labels.len(),
+                self.prompts.len()
+            )));
+        }
+        if self.prompts.iter().any(Vec::is_empty) {
+            return Err(ValidationError::new("a prompt is empty"));
+        }
+        if self.labels.iter().any(Vec::is_empty) {
+            return Err(ValidationError::new("a label list is empty"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreOutput {
     pub scores: Vec<Vec<f64>>,
     pub prompt_tokens: usize,
+}
+
+impl ScoreOutput {
+    /// Scores are probabilities: NaN or infinity is an engine fault, and JSON cannot carry it
+    /// (serde_json writes `null`, which no reader decodes as a score). Such an output is never
+    /// stored; the job fails instead.
+    pub fn check_finite(&self) -> Result<(), JobFailure> {
+        match self.scores.iter().flatten().find(|s| !s.is_finite()) {
+            None => Ok(()),
+            Some(bad) => Err(JobFailure::new(format!(
+                "the engine produced a non-finite score ({bad}); nothing was stored"
+            ))),
+        }
+    }
+}
+
+/// Why one job of a batch failed in the engine (the others are unaffected). Permanent for this
+/// job: running it again would fail again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobFailure {
+    pub message: String,
+}
+
+impl JobFailure {
+    pub fn new(message: impl Into<String>) -> Self {
+        JobFailure {
+            message: message.into(),
+        }
+    }
+}
+
+/// The engine cannot score anything any more (its device thread is gone). Not a property of any
+/// job: the jobs go back to the queue and the process that holds the dead engine stops.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the engine is unavailable: {reason}")]
+pub struct EngineUnavailable {
+    pub reason: String,
 }
 
 /// A request the server refuses as written (HTTP 400). The message is the user-facing text.
@@ -141,8 +205,12 @@ pub trait ScoreBackend: Send + Sync + 'static {
     fn model_id(&self) -> &str;
     /// Validate and tokenize a request (API side).
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError>;
-    /// Score prepared jobs, one result per job (worker side). One failing job fails alone.
-    fn score_batch(&self, jobs: &[ScoreJob]) -> Vec<Result<ScoreOutput, String>>;
+    /// Score prepared jobs, one result per job (worker side). One failing job fails alone;
+    /// `Err` means the engine itself is gone and no job was scored.
+    fn score_batch(
+        &self,
+        jobs: &[ScoreJob],
+    ) -> Result<Vec<Result<ScoreOutput, JobFailure>>, EngineUnavailable>;
 }
 
 /// The parts of a request after the structural checks that need no tokenizer.
@@ -247,6 +315,12 @@ impl ScoreRequest {
                 ));
             }
         };
+        if let ValidatedInput::Text { query, items } = &input {
+            refuse_nul("query", query)?;
+            for (i, item) in items.iter().enumerate() {
+                refuse_nul(&format!("items[{i}]"), item)?;
+            }
+        }
         let n_items = match &input {
             ValidatedInput::Text { items, .. } => items.len(),
             ValidatedInput::Tokens { items, .. } => items.len(),
@@ -268,6 +342,50 @@ impl ScoreRequest {
             temperature,
         })
     }
+}
+
+/// The NUL character (U+0000) is refused in every text the service accepts: PostgreSQL cannot
+/// store it in `text` or `jsonb`, so a job holding one could be accepted by neither mode the same
+/// way. Refusing it here (400) makes the embedded and the distributed deployment agree.
+pub fn refuse_nul(field: &str, text: &str) -> Result<(), ValidationError> {
+    if text.contains('\0') {
+        return Err(ValidationError::new(format!(
+            "{field} contains a NUL character (\\u0000), which is not accepted"
+        )));
+    }
+    Ok(())
+}
+
+/// [`refuse_nul`] over every string and key of a JSON value (a whole request body, batch-line
+/// `metadata`), naming the first offending field by its path (`$.items[1]`).
+pub fn refuse_nul_in_json(value: &serde_json::Value) -> Result<(), ValidationError> {
+    fn walk(value: &serde_json::Value, path: &mut String) -> Result<(), ValidationError> {
+        match value {
+            serde_json::Value::String(s) => refuse_nul(path, s),
+            serde_json::Value::Array(list) => {
+                for (i, v) in list.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(v, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    refuse_nul(&format!("a key of {}", &path[..len]), k)?;
+                    walk(v, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(value, &mut String::from("$"))
 }
 
 fn text_of(query: Option<&TextOrTokens>) -> &str {
@@ -363,6 +481,100 @@ mod tests {
             let err = req(body.clone()).validate().expect_err("invalid");
             assert!(err.message.contains(msg), "{body}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_where_they_are() {
+        let cases = [
+            (
+                serde_json::json!({"query": "a\u{0}", "items": ["x"], "label_token_ids": [1]}),
+                "query",
+            ),
+            (
+                serde_json::json!({"query": "a", "items": ["x", "\u{0}"], "label_token_ids": [1]}),
+                "items[1]",
+            ),
+            (
+                serde_json::json!({"query": "a", "items": "\u{0}", "label_token_ids": [1]}),
+                "items[0]",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = req(body.clone()).validate().expect_err("NUL refused");
+            assert!(err.message.starts_with(field), "{body}: {}", err.message);
+            assert!(err.message.contains("NUL"), "{}", err.message);
+        }
+        let body = serde_json::json!({"metadata": {"k": ["ok", "b\u{0}"]}, "x": 1});
+        let err = refuse_nul_in_json(&body).expect_err("NUL refused");
+        assert!(
+            err.message.starts_with("$.metadata.k[1]"),
+            "{}",
+            err.message
+        );
+        let key = serde_json::json!({"a\u{0}": 1});
+        assert!(refuse_nul_in_json(&key).is_err());
+        assert!(refuse_nul_in_json(&serde_json::json!({"a": ["b", {"c": "d"}]})).is_ok());
+    }
+
+    #[test]
+    fn a_job_from_the_queue_is_checked_again() {
+        let good = ScoreJob {
+            prompts: vec![vec![1, 2]],
+            labels: vec![vec![3]],
+            apply_softmax: true,
+            temperature: 1.0,
+        };
+        assert!(good.check().is_ok());
+        for (bad, what) in [
+            (
+                ScoreJob {
+                    temperature: 0.0,
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                ScoreJob {
+                    temperature: f64::NAN,
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                ScoreJob {
+                    labels: vec![],
+                    ..good.clone()
+                },
+                "label lists",
+            ),
+            (
+                ScoreJob {
+                    prompts: vec![vec![]],
+                    ..good.clone()
+                },
+                "prompt is empty",
+            ),
+            (
+                ScoreJob {
+                    labels: vec![vec![]],
+                    ..good.clone()
+                },
+                "label list is empty",
+            ),
+        ] {
+            let err = bad.check().expect_err("refused");
+            assert!(err.message.contains(what), "{}", err.message);
+        }
+        let nan = ScoreOutput {
+            scores: vec![vec![0.5, f64::NAN]],
+            prompt_tokens: 2,
+        };
+        assert!(nan.check_finite().is_err());
+        let fine = ScoreOutput {
+            scores: vec![vec![0.5, 0.5]],
+            prompt_tokens: 2,
+        };
+        assert!(fine.check_finite().is_ok());
     }
 
     #[test]

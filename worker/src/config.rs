@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     /// How often the worker says it is alive (Redis); the API counts a worker live for three of
     /// these and steers jobs only to live workers.
     pub heartbeat_interval: Duration,
+    /// A sync or async job still `queued` and never published this long after it was created
+    /// is failed by the acceptance sweeper: its submission answered an error, so nobody was
+    /// told it was accepted (a replay of its idempotency key within this time publishes it
+    /// instead). Longer than the submission's own store calls can take.
+    pub unpublished_grace: Duration,
 }
 
 /// How many times a job that ran past `run_timeout` is published again before it fails.
@@ -57,6 +62,7 @@ impl Default for WorkerConfig {
             run_timeout: Duration::from_secs(300),
             store_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(1),
+            unpublished_grace: Duration::from_secs(120),
         }
     }
 }

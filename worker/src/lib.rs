@@ -9,20 +9,37 @@
 mod batch;
 mod config;
 mod process;
+mod sweep;
 
 pub use config::{DEFAULT_MAX_BULK_BATCH_TOKENS, RUN_TIMEOUT_REQUEUES, WorkerConfig};
 
 use std::sync::Arc;
 
-use scorer_jobs::{AuditStore, JobQueue, ResultStore, StoreError, webhook::WebhookSender};
-use scorer_protocol::ScoreBackend;
+use scorer_jobs::{
+    AuditStore, JobQueue, ResultStore, StoreError, WorkerRegistry, webhook::WebhookSender,
+};
+use scorer_protocol::{EngineUnavailable, ScoreBackend};
 use tokio::sync::watch;
+
+/// Why a worker stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The queue could not be declared or consumed at start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine died. The worker handed back every message it held and left the live set;
+    /// the process should exit non-zero so its supervisor starts a fresh one.
+    #[error(transparent)]
+    Engine(#[from] EngineUnavailable),
+}
 
 /// Everything a worker talks to.
 #[derive(Clone)]
 pub struct Worker {
     pub queue: Arc<dyn JobQueue>,
     pub results: Arc<dyn ResultStore>,
+    /// Where the worker beats (and says it left).
+    pub registry: Arc<dyn WorkerRegistry>,
     pub audit: Arc<dyn AuditStore>,
     pub backend: Arc<dyn ScoreBackend>,
     pub webhooks: WebhookSender,
@@ -37,8 +54,9 @@ impl Worker {
 
     /// Runs until `shutdown` turns true; then stops taking messages, finishes (stores and
     /// acknowledges) the batch in hand, and returns. Messages prefetched but not started go back
-    /// to the queue.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+    /// to the queue. If the engine dies it stops the same way, at once, with the batch in hand
+    /// given back too, and returns [`WorkerError::Engine`].
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         let model = self.model().to_string();
         self.queue.declare(&model).await?;
         let mut consumer = self
@@ -49,15 +67,21 @@ impl Worker {
         // steer jobs to it. Dropped with this future, so a worker that is torn down (aborted)
         // falls silent like a crashed process would.
         let mut heartbeat = AbortOnDrop(tokio::spawn(heartbeats(
-            self.results.clone(),
+            self.registry.clone(),
             self.config.worker_id.clone(),
             model.clone(),
             self.config.heartbeat_interval,
             shutdown.clone(),
         )));
+        // Fails jobs whose submission never got them onto the queue (see `sweep`).
+        let _sweeper = AbortOnDrop(tokio::spawn(sweep::unpublished(
+            self.clone(),
+            shutdown.clone(),
+        )));
         tracing::info!(worker = %self.config.worker_id, %model, "worker started");
         // Deliveries in hand, not yet started; each batch is picked from them by priority.
         let mut pending = Vec::new();
+        let mut died = None;
         loop {
             let batch = tokio::select! {
                 biased;
@@ -65,7 +89,15 @@ impl Worker {
                 batch = batch::gather(consumer.as_mut(), &self.config, &mut pending) => batch,
             };
             match batch {
-                Ok(Some(batch)) => process::run_batch(&self, batch).await,
+                Ok(Some(batch)) => {
+                    if let Err(dead) = process::run_batch(&self, batch).await {
+                        // Every later batch would meet the same dead engine: stop consuming.
+                        tracing::error!(worker = %self.config.worker_id, error = %dead,
+                            "engine unavailable; stopping the worker");
+                        died = Some(dead);
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "consume failed");
@@ -83,7 +115,7 @@ impl Worker {
         // worker's queue moves to the shared queue when its TTL runs out.
         heartbeat.stop().await;
         if let Err(e) = self
-            .results
+            .registry
             .forget_worker(&self.config.worker_id, &model)
             .await
         {
@@ -91,11 +123,14 @@ impl Worker {
         }
         consumer.close().await;
         tracing::info!(worker = %self.config.worker_id, "worker stopped");
-        Ok(())
+        match died {
+            Some(dead) => Err(WorkerError::Engine(dead)),
+            None => Ok(()),
+        }
     }
 }
 
-async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
     // A dropped sender also means shut down.
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
@@ -117,7 +152,7 @@ impl Drop for AbortOnDrop {
 }
 
 async fn heartbeats(
-    results: Arc<dyn ResultStore>,
+    registry: Arc<dyn WorkerRegistry>,
     worker_id: String,
     model: String,
     every: std::time::Duration,
@@ -128,7 +163,7 @@ async fn heartbeats(
         tokio::select! {
             _ = wait_for_shutdown(&mut shutdown) => return,
             _ = tick.tick() => {
-                if let Err(e) = results.heartbeat(&worker_id, &model).await {
+                if let Err(e) = registry.heartbeat(&worker_id, &model).await {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
             }

@@ -4,9 +4,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use scorer_jobs::{Delivery, StartOutcome, StoreError};
-use scorer_protocol::ScoreResponse;
+use scorer_jobs::deadline::WORKER_TIMEOUTS;
+use scorer_jobs::{Deadline, Delivery, StartOutcome, StoreError};
 use scorer_protocol::job::{JobEnvelope, JobKind, JobRecord, JobStatus, now_millis};
+use scorer_protocol::{EngineUnavailable, ScoreResponse};
 
 use crate::{RUN_TIMEOUT_REQUEUES, Worker};
 
@@ -17,7 +18,13 @@ struct Runnable {
     record: JobRecord,
 }
 
-pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
+/// Runs one batch to the end: every delivery is settled (acknowledged, dead-lettered or given
+/// back). `Err` when the engine is gone: the batch went back to the queue, and the worker must
+/// stop, since every later batch would meet the same dead engine.
+pub(crate) async fn run_batch(
+    worker: &Worker,
+    batch: Vec<Delivery>,
+) -> Result<(), EngineUnavailable> {
     let mut runnable = Vec::with_capacity(batch.len());
     for delivery in batch {
         if let Some(r) = admit(worker, delivery).await {
@@ -25,7 +32,7 @@ pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
         }
     }
     if runnable.is_empty() {
-        return;
+        return Ok(());
     }
     metrics::histogram!("scorer_worker_batch_jobs").record(runnable.len() as f64);
     let jobs: Vec<_> = runnable.iter().map(|r| r.envelope.score_job()).collect();
@@ -46,40 +53,56 @@ pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
             }
             // A pass cannot be interrupted. Until it ends the engine can run nothing else, so
             // taking the next batch now would only start its clock while it waits.
-            let _ = scoring.await;
-            return;
+            return match scoring.await {
+                Ok(Err(dead)) => Err(dead),
+                _ => Ok(()),
+            };
         }
     };
     let inference_ms = started.elapsed().as_millis() as i64;
     metrics::histogram!("scorer_worker_inference_seconds").record(started.elapsed().as_secs_f64());
     let outputs = match outputs {
-        Ok(outputs) if outputs.len() == runnable.len() => outputs,
-        Ok(outputs) => {
+        Ok(Ok(outputs)) if outputs.len() == runnable.len() => outputs,
+        Ok(Ok(outputs)) => {
             let msg = format!(
                 "engine answered {} results for {} jobs",
                 outputs.len(),
                 runnable.len()
             );
             tracing::error!("{msg}");
-            runnable.iter().map(|_| Err(msg.clone())).collect()
+            runnable
+                .iter()
+                .map(|_| Err(scorer_protocol::JobFailure::new(msg.clone())))
+                .collect()
         }
-        Err(panic) => {
-            // The engine crashed on this batch. Each job goes back for another attempt; one that
-            // keeps crashing the engine runs out of attempts and is dead-lettered.
-            tracing::error!(error = %panic, "engine panicked; requeueing the batch");
+        Ok(Err(dead)) => {
+            // Not the jobs' fault: they go back unchanged for a worker with a live engine.
+            tracing::error!(error = %dead, jobs = runnable.len(), "engine unavailable; requeueing the batch");
+            metrics::counter!("scorer_worker_engine_failures_total").increment(1);
             for r in runnable {
                 requeue(&r.delivery).await;
             }
-            return;
+            return Err(dead);
+        }
+        Err(panic) => {
+            // The backend panicked on this batch. Each job goes back for another attempt; one
+            // that keeps crashing it runs out of attempts and is dead-lettered.
+            tracing::error!(error = %panic, "backend panicked; requeueing the batch");
+            for r in runnable {
+                requeue(&r.delivery).await;
+            }
+            return Ok(());
         }
     };
     for (r, output) in runnable.into_iter().zip(outputs) {
         let mut record = r.record;
-        record.finished_at = Some(now_millis());
         record.inference_ms = Some(inference_ms);
-        match output {
+        // A non-finite score is never stored: JSON would carry it as `null`, which no reader
+        // (this worker included) decodes.
+        match output.and_then(|out| out.check_finite().map(|()| out)) {
             Ok(out) => {
                 record.status = JobStatus::Succeeded;
+                record.finished_at = Some(now_millis());
                 record.prompt_tokens = Some(out.prompt_tokens as i64);
                 record.result = Some(ScoreResponse::new(
                     out.scores,
@@ -87,14 +110,14 @@ pub(crate) async fn run_batch(worker: &Worker, batch: Vec<Delivery>) {
                     out.prompt_tokens,
                 ));
             }
-            Err(message) => {
-                record.status = JobStatus::Failed;
+            Err(failure) => {
                 record.prompt_tokens = Some(r.envelope.prompt_tokens() as i64);
-                record.error = Some(message);
+                record.fail(failure.message);
             }
         }
         settle(worker, &r.delivery, &record, Ack::Ack).await;
     }
+    Ok(())
 }
 
 /// A job whose pass ran past the limit: published again (with its publication count raised,
@@ -114,16 +137,14 @@ async fn ran_too_long(worker: &Worker, r: Runnable) {
             // Not republished: the original goes back unchanged and the job gets this chance
             // again rather than none.
             Err(e) => {
-                retry_later(&r.delivery, e).await;
+                retry_later::<()>(worker, &r.delivery, e).await;
             }
         }
         return;
     }
     let mut failed = r.record;
-    failed.status = JobStatus::Failed;
-    failed.finished_at = Some(now_millis());
     failed.prompt_tokens = Some(r.envelope.prompt_tokens() as i64);
-    failed.error = Some(format!(
+    failed.fail(format!(
         "the forward pass ran past the run time limit of {limit:?} {} times",
         RUN_TIMEOUT_REQUEUES + 1
     ));
@@ -146,13 +167,11 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
         let record = match bounded(worker, "audit", worker.audit.get(envelope.job_id)).await {
             Ok(Some(r)) => r,
             Ok(None) => record_from_envelope(&envelope),
-            Err(e) => return retry_later(&delivery, e).await.then_none(),
+            Err(e) => return retry_later(worker, &delivery, e).await,
         };
         if !record.status.is_terminal() {
             let mut expired = record;
-            expired.status = JobStatus::Expired;
-            expired.finished_at = Some(now);
-            expired.error = Some("the job was not started before its ttl ran out".into());
+            expired.expire("the job was not started before its ttl ran out");
             settle(worker, &delivery, &expired, Ack::Ack).await;
             return None;
         }
@@ -167,7 +186,7 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
             )
             .await
             {
-                return retry_later(&delivery, e).await.then_none();
+                return retry_later(worker, &delivery, e).await;
             }
             start(worker, &envelope, now).await
         }
@@ -180,25 +199,35 @@ async fn admit(worker: &Worker, delivery: Delivery) -> Option<Runnable> {
             // result cache has it, and drop the message.
             tracing::info!(job = %r.id, status = r.status.as_str(), "not running a terminal job");
             if let Err(e) = bounded(worker, "results", worker.results.put(&r)).await {
-                return retry_later(&delivery, e).await.then_none();
+                return retry_later(worker, &delivery, e).await;
             }
             ack(&delivery).await;
             return None;
         }
         Ok(StartOutcome::Missing) => {
             let e = StoreError::unavailable("audit", "job row missing right after insert");
-            return retry_later(&delivery, e).await.then_none();
+            return retry_later(worker, &delivery, e).await;
         }
-        Err(e) => return retry_later(&delivery, e).await.then_none(),
+        Err(e) => return retry_later(worker, &delivery, e).await,
     };
     if record.attempts > worker.config.max_attempts {
         let mut failed = record;
-        failed.status = JobStatus::Failed;
-        failed.finished_at = Some(now_millis());
-        failed.error = Some(format!(
+        failed.fail(format!(
             "gave up after {} attempts",
             worker.config.max_attempts
         ));
+        settle(worker, &delivery, &failed, Ack::DeadLetter).await;
+        return None;
+    }
+    // A payload that decodes but cannot be scored (another producer, a hand-made message) would
+    // fail the same way on every delivery: fail it now, its attempt counted, and keep the
+    // message in the dead-letter queue.
+    if let Err(invalid) = envelope.score_job().check() {
+        tracing::error!(job = %record.id, error = %invalid, "invalid job payload");
+        metrics::counter!("scorer_worker_poison_messages_total").increment(1);
+        let mut failed = record;
+        failed.prompt_tokens = Some(envelope.prompt_tokens() as i64);
+        failed.fail(format!("the queued job is invalid: {invalid}"));
         settle(worker, &delivery, &failed, Ack::DeadLetter).await;
         return None;
     }
@@ -234,7 +263,7 @@ async fn poison(worker: &Worker, delivery: &Delivery, why: &str) {
         Some(id) => match bounded(worker, "audit", worker.audit.get(id)).await {
             Ok(r) => r,
             Err(e) => {
-                retry_later(delivery, e).await;
+                retry_later::<()>(worker, delivery, e).await;
                 return;
             }
         },
@@ -242,9 +271,7 @@ async fn poison(worker: &Worker, delivery: &Delivery, why: &str) {
     };
     match existing {
         Some(mut record) if !record.status.is_terminal() => {
-            record.status = JobStatus::Failed;
-            record.finished_at = Some(now_millis());
-            record.error = Some(format!("the queued message could not be decoded: {why}"));
+            record.fail(format!("the queued message could not be decoded: {why}"));
             settle(worker, delivery, &record, Ack::DeadLetter).await;
         }
         _ => dead_letter(delivery).await,
@@ -263,13 +290,13 @@ async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: A
     let finished = match bounded(worker, "audit", worker.audit.finish(record)).await {
         Ok(finished) => finished,
         Err(e) => {
-            retry_later(delivery, e).await;
+            retry_later::<()>(worker, delivery, e).await;
             return;
         }
     };
     let stored = finished.record;
     if let Err(e) = bounded(worker, "results", worker.results.put(&stored)).await {
-        retry_later(delivery, e).await;
+        retry_later::<()>(worker, delivery, e).await;
         return;
     }
     metrics::counter!("scorer_worker_jobs_total", "status" => stored.status.as_str()).increment(1);
@@ -289,19 +316,17 @@ async fn settle(worker: &Worker, delivery: &Delivery, record: &JobRecord, how: A
 /// one (the message comes back when the channel is dropped, and is recognised as finished).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn settle_message<E: std::fmt::Display>(
+async fn settle_message(
     delivery: &Delivery,
     what: &'static str,
-    call: impl Future<Output = Result<(), E>>,
+    call: impl Future<Output = Result<(), StoreError>>,
 ) {
-    match tokio::time::timeout(ACK_TIMEOUT, call).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(job = ?delivery.job_id, error = %e, "{what} failed"),
-        Err(_) => {
-            metrics::counter!("scorer_worker_store_timeouts_total", "service" => "queue")
-                .increment(1);
-            tracing::warn!(job = ?delivery.job_id, timeout = ?ACK_TIMEOUT, "{what} timed out");
-        }
+    match Deadline::new(ACK_TIMEOUT, WORKER_TIMEOUTS)
+        .run("queue", call)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(job = ?delivery.job_id, error = %e, "{what} failed"),
     }
 }
 
@@ -322,41 +347,40 @@ async fn requeue(delivery: &Delivery) {
 /// Runs a Redis, Postgres or broker call under the worker's `store_timeout`: a connection that
 /// stopped answering becomes `Unavailable` (the message is given back and retried) instead of a
 /// wedged worker.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     worker: &Worker,
     service: &'static str,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let limit = worker.config.store_timeout;
-    match tokio::time::timeout(limit, call).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            metrics::counter!("scorer_worker_store_timeouts_total", "service" => service)
-                .increment(1);
-            Err(StoreError::unavailable(
-                service,
-                format!("no answer within {limit:?}"),
-            ))
+    Deadline::new(worker.config.store_timeout, WORKER_TIMEOUTS)
+        .run(service, call)
+        .await
+}
+
+/// A store call failed. Only a transient failure (a service down or past its deadline) gives the
+/// message back, after a pause so a dead dependency does not turn into a hot redelivery loop. A
+/// permanent one (a stored record that does not decode) would fail the same way on every
+/// delivery: the message goes to the dead-letter queue, and the result cache is told the job
+/// failed, so pollers do not see it `running` for ever. Either way the delivery is settled and
+/// nothing is left to run (`None`).
+async fn retry_later<T>(worker: &Worker, delivery: &Delivery, e: StoreError) -> Option<T> {
+    if e.is_transient() {
+        tracing::warn!(job = ?delivery.job_id, error = %e, "store unavailable; requeueing");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        requeue(delivery).await;
+        return None;
+    }
+    tracing::error!(job = ?delivery.job_id, error = %e, "permanent store failure; dead-lettering");
+    metrics::counter!("scorer_worker_permanent_failures_total").increment(1);
+    if let Ok(envelope) = &delivery.envelope {
+        let mut failed = record_from_envelope(envelope);
+        failed.fail(format!("the job's stored record is unusable: {e}"));
+        if let Err(e) = bounded(worker, "results", worker.results.put(&failed)).await {
+            tracing::warn!(job = %failed.id, error = %e, "could not cache the failure");
         }
     }
-}
-
-/// A store is down: give the message back and pause briefly so a dead dependency does not turn
-/// into a hot redelivery loop.
-async fn retry_later(delivery: &Delivery, e: StoreError) -> Settled {
-    tracing::warn!(job = ?delivery.job_id, error = %e, "store unavailable; requeueing");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    requeue(delivery).await;
-    Settled
-}
-
-/// The delivery was dealt with (here: given back); nothing is left to run.
-struct Settled;
-
-impl Settled {
-    fn then_none<T>(self) -> Option<T> {
-        None
-    }
+    dead_letter(delivery).await;
+    None
 }
 
 fn record_from_envelope(e: &JobEnvelope) -> JobRecord {

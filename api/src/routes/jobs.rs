@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::submit::{accept, body_bytes, check_bounds, check_model, parse_json, prepare};
+use crate::submit::{accept, body_bytes, check_model, parse_json, prepare};
 use crate::{ApiError, AppState, auth, deadline};
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -103,7 +103,6 @@ pub async fn submit(
         .transpose()?;
     check_model(&state, &req.score)?;
     let job = prepare(&state, req.score).await?;
-    check_bounds(&state, &tenant).await?;
 
     let model = state.backend.model_id().to_string();
     let mut record = JobRecord::queued(Uuid::now_v7(), tenant, JobKind::Async, model, priority);

@@ -63,20 +63,22 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     // Each check is bounded so a hung dependency reads as down rather than hanging the probe.
     const LIMIT: Duration = Duration::from_secs(2);
     async fn bounded<T>(
+        service: &'static str,
         f: impl std::future::Future<Output = Result<T, scorer_jobs::StoreError>>,
     ) -> Result<T, String> {
-        match tokio::time::timeout(LIMIT, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 2 s".to_string()),
-        }
+        crate::bounded(LIMIT, service, f)
+            .await
+            .map_err(|e| e.to_string())
     }
     let s = &state.stores;
     let (queue, results, audit, workers) = tokio::join!(
-        bounded(s.queue.ping()),
-        bounded(s.results.ping()),
-        bounded(s.audit.ping()),
-        bounded(s.results.live_workers(state.config.worker_liveness)),
+        bounded("queue", s.queue.ping()),
+        bounded("results", s.results.ping()),
+        bounded("audit", s.audit.ping()),
+        bounded(
+            "results",
+            s.workers.live_workers(state.config.worker_liveness)
+        ),
     );
     let workers = match workers {
         Ok(w) if w.is_empty() => Err("no worker heard from recently".to_string()),

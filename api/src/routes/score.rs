@@ -11,7 +11,7 @@ use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
 use scorer_protocol::{ScoreRequest, ScoreResponse};
 use uuid::Uuid;
 
-use crate::submit::{accept, body_bytes, check_bounds, check_model, parse_json, prepare};
+use crate::submit::{accept, body_bytes, check_model, parse_json, prepare};
 use crate::{ApiError, AppState, auth, deadline};
 
 /// Header: seconds this call may wait for its result (capped by the server's maximum).
@@ -54,7 +54,6 @@ pub async fn score(
         // Nothing to score (`items: []` is valid): no need to go through the queue.
         return Ok(Json(ScoreResponse::new(Vec::new(), model, 0)));
     }
-    check_bounds(&state, &tenant).await?;
     let mut record = JobRecord::queued(
         Uuid::now_v7(),
         tenant,

@@ -42,24 +42,21 @@ pub fn database_url() -> String {
 /// deployment shares it between the API (tokenizer) and the worker (device).
 pub async fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        ENGINE
-            .get_or_init(|| {
-                let home = std::env::var_os("SCORER_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/scorer")
-                    });
-                let path = home.join("models").join(format!("{MODEL}.gguf"));
-                Arc::new(
-                    Engine::load(EngineConfig::new(path, MODEL.to_string()))
-                        .expect("engine loads (run `scorer fetch` first)"),
-                )
-            })
-            .clone()
-    })
-    .await
-    .expect("engine loader")
+    tokio::task::spawn_blocking(|| ENGINE.get_or_init(|| Arc::new(load_engine())).clone())
+        .await
+        .expect("engine loader")
+}
+
+/// A fresh engine of [`MODEL`] (blocking), for a test that must not share the binary's one.
+pub fn load_engine() -> Engine {
+    let home = std::env::var_os("SCORER_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/scorer")
+        });
+    let path = home.join("models").join(format!("{MODEL}.gguf"));
+    Engine::load(EngineConfig::new(path, MODEL.to_string()))
+        .expect("engine loads (run `scorer fetch` first)")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,7 +70,7 @@ pub enum Backing {
 pub struct RunningWorker {
     pub id: String,
     stop: Option<watch::Sender<bool>>,
-    task: Option<JoinHandle<Result<(), scorer_jobs::StoreError>>>,
+    task: Option<JoinHandle<Result<(), scorer_worker::WorkerError>>>,
 }
 
 pub struct Harness {
@@ -143,6 +140,7 @@ impl Harness {
         let worker = Worker {
             queue: self.stores.queue.clone(),
             results: self.stores.results.clone(),
+            registry: self.stores.workers.clone(),
             audit: self.stores.audit.clone(),
             backend: self.engine.clone(),
             webhooks: WebhookSender::new(3, Duration::from_millis(100), Duration::from_secs(5)),

@@ -111,6 +111,50 @@ impl AuditStore for MemoryAuditStore {
         Ok(Inserted::Created)
     }
 
+    async fn mark_published(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if let Some(job) = state.jobs.get_mut(&id)
+            && job.published_at.is_none()
+        {
+            job.published_at = Some(at);
+        }
+        Ok(())
+    }
+
+    async fn fail_unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        message: &str,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let mut state = self.lock();
+        let stranded: Vec<Uuid> = state
+            .jobs
+            .values()
+            .filter(|j| {
+                j.status == JobStatus::Queued
+                    && j.priority != JobPriority::Bulk
+                    && j.published_at.is_none()
+                    && j.created_at < created_before
+            })
+            .map(|j| j.id)
+            .collect();
+        let mut failed = Vec::with_capacity(stranded.len());
+        for id in stranded {
+            let Some(job) = state.jobs.get_mut(&id) else {
+                continue;
+            };
+            let was_counted = counted(job);
+            job.fail(message);
+            let record = job.clone();
+            if was_counted {
+                state.leave_active(&record.tenant);
+            }
+            state.retire(id, self.capacity);
+            failed.push(record);
+        }
+        Ok(failed)
+    }
+
     async fn start(
         &self,
         id: Uuid,
@@ -146,7 +190,9 @@ impl AuditStore for MemoryAuditStore {
             let attempts = stored.attempts.max(record.attempts);
             let started_at = record.started_at.or(stored.started_at);
             let queue_ms = record.queue_ms.or(stored.queue_ms);
+            let published_at = stored.published_at.or(record.published_at);
             *stored = record.clone();
+            stored.published_at = published_at;
             stored.request = stored.request.take().or(request);
             stored.attempts = attempts;
             stored.started_at = started_at;

@@ -60,6 +60,23 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Record an accepted job (status `queued`).
     async fn insert(&self, record: &JobRecord) -> Result<Inserted, StoreError>;
 
+    /// The job's message was confirmed by the broker: the acceptance sweeper leaves it alone.
+    /// Idempotent; the first stamp stays.
+    async fn mark_published(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// The acceptance sweeper: every sync or async job (not bulk: batch lines are published by
+    /// their batch at its own pace) still `queued` and
+    /// never published that was created before `created_before` becomes `failed` with
+    /// `message`; those rows are returned so the result cache can be told. Such a job's
+    /// submission answered an error (the insert committed but its answer came too late, or
+    /// the publish failed), so it was never accepted; it must not stay queued for ever,
+    /// counting against its tenant's bound.
+    async fn fail_unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        message: &str,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
     /// Move a job to `running` unless it is terminal, counting one more attempt and its queue
     /// time.
     async fn start(

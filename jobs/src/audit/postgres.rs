@@ -19,7 +19,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 const COLUMNS: &str = "id, tenant, kind, status, model, priority, request, result, error, \
     prompt_tokens, attempts, worker, webhook, idempotency_key, request_hash, created_at, \
-    started_at, finished_at, expires_at, queue_ms, inference_ms";
+    started_at, finished_at, expires_at, queue_ms, inference_ms, published_at";
 
 #[derive(Clone)]
 pub struct PostgresAuditStore {
@@ -92,10 +92,11 @@ fn from_row(row: &PgRow) -> Result<JobRecord, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(bad)?,
         request_hash: row.try_get("request_hash").map_err(bad)?,
         expires_at: row.try_get("expires_at").map_err(bad)?,
+        published_at: row.try_get("published_at").map_err(bad)?,
     })
 }
 
-/// Binds every column of `COLUMNS`, in order, as `$1..$21`.
+/// Binds every column of `COLUMNS`, in order, as `$1..$22`.
 fn bind_all<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     r: &'q JobRecord,
@@ -127,11 +128,12 @@ fn bind_all<'q>(
         .bind(r.finished_at)
         .bind(r.expires_at)
         .bind(r.queue_ms)
-        .bind(r.inference_ms))
+        .bind(r.inference_ms)
+        .bind(r.published_at))
 }
 
 const PLACEHOLDERS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-    $16, $17, $18, $19, $20, $21";
+    $16, $17, $18, $19, $20, $21, $22";
 
 const TERMINAL: &str = "('succeeded', 'failed', 'cancelled', 'expired')";
 
@@ -180,6 +182,49 @@ impl AuditStore for PostgresAuditStore {
         }
     }
 
+    async fn mark_published(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET published_at = $2 WHERE id = $1 AND published_at IS NULL")
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn fail_unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        message: &str,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        // Matches the partial index jobs_unpublished (migration 0004). `status = 'queued'` in
+        // the UPDATE makes it race-free against a worker starting the job or a cancel.
+        let sql = format!(
+            "UPDATE jobs SET status = 'failed', finished_at = $3, error = $2 \
+             WHERE status = 'queued' AND published_at IS NULL AND priority <> 'bulk' \
+               AND created_at < $1 RETURNING {COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(created_before)
+            .bind(message)
+            .bind(scorer_protocol::job::now_millis())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        // The rows are failed whatever happens next; one that does not decode only costs the
+        // caller its cache update, not the others'.
+        Ok(rows
+            .iter()
+            .filter_map(|row| match from_row(row) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a swept job's row does not decode");
+                    None
+                }
+            })
+            .collect())
+    }
+
     async fn start(
         &self,
         id: Uuid,
@@ -218,7 +263,8 @@ impl AuditStore for PostgresAuditStore {
                started_at = COALESCE(EXCLUDED.started_at, jobs.started_at), \
                finished_at = EXCLUDED.finished_at, \
                queue_ms = COALESCE(EXCLUDED.queue_ms, jobs.queue_ms), \
-               inference_ms = EXCLUDED.inference_ms \
+               inference_ms = EXCLUDED.inference_ms, \
+               published_at = COALESCE(jobs.published_at, EXCLUDED.published_at) \
              WHERE jobs.status NOT IN {TERMINAL} \
              RETURNING {COLUMNS}"
         );

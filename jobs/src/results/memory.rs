@@ -9,7 +9,7 @@ use scorer_protocol::job::JobRecord;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::ResultStore;
+use super::{ResultStore, WorkerRegistry};
 use crate::StoreError;
 
 #[derive(Clone)]
@@ -126,6 +126,13 @@ impl ResultStore for MemoryResultStore {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for MemoryResultStore {
     async fn heartbeat(&self, worker: &str, model: &str) -> Result<(), StoreError> {
         self.lock()
             .heartbeats
@@ -147,10 +154,6 @@ impl ResultStore for MemoryResultStore {
 
     async fn forget_worker(&self, worker: &str, _model: &str) -> Result<(), StoreError> {
         self.lock().heartbeats.remove(worker);
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }

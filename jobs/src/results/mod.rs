@@ -1,5 +1,6 @@
 //! Where job state and results are kept for retrieval, with a completion notice for callers
-//! waiting on a job, and worker heartbeats.
+//! waiting on a job. Worker liveness is a separate concern ([`WorkerRegistry`]) that the same
+//! Redis (or in-process) backing happens to implement.
 
 mod memory;
 mod redis_store;
@@ -31,6 +32,15 @@ pub trait ResultStore: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<Option<JobRecord>, StoreError>;
 
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Which workers are alive: each beats every `heartbeat_interval`; the API steers jobs only to
+/// workers heard from recently and `/ready` needs one. Its own trait, not part of
+/// [`ResultStore`]: a worker's liveness is not a job's result, and a registry could live
+/// elsewhere.
+#[async_trait]
+pub trait WorkerRegistry: Send + Sync + 'static {
     /// Record that `worker`, serving `model`, is alive now.
     async fn heartbeat(&self, worker: &str, model: &str) -> Result<(), StoreError>;
 
@@ -45,8 +55,7 @@ pub trait ResultStore: Send + Sync + 'static {
         within: Duration,
     ) -> Result<Vec<String>, StoreError>;
 
-    /// `worker` stopped on purpose: it is no longer live, so no more jobs are steered to it.
+    /// `worker` stopped (on purpose, or because its engine died): it is no longer live, so no
+    /// more jobs are steered to it.
     async fn forget_worker(&self, worker: &str, model: &str) -> Result<(), StoreError>;
-
-    async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -12,7 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use scorer_protocol::job::JobRecord;
 use uuid::Uuid;
 
-use super::ResultStore;
+use super::{ResultStore, WorkerRegistry};
 use crate::StoreError;
 
 const SERVICE: &str = "redis";
@@ -134,6 +134,18 @@ impl ResultStore for RedisResultStore {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for RedisResultStore {
     async fn heartbeat(&self, worker: &str, model: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let now = now_ms();
@@ -179,14 +191,5 @@ impl ResultStore for RedisResultStore {
             .zrem(self.model_workers_key(model), worker)
             .ignore();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(unavailable)
     }
 }
