@@ -294,7 +294,10 @@ fn bench(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // One untimed call at the saturation batch size compiles its buckets.
         let first: Vec<_> = jobs.iter().cycle().take(sat_batch).cloned().collect();
-        engine.score_batch(&first);
+        if let Err(e) = engine.score_batch(&first) {
+            out["saturation"] = json!({ "error": e.to_string() });
+            return Ok(out);
+        }
         let next = AtomicUsize::new(0);
         let calls_ms = Mutex::new(Vec::new());
         let items = AtomicUsize::new(0);
@@ -311,7 +314,7 @@ fn bench(
                         let batch: Vec<_> =
                             jobs.iter().cycle().skip(start).take(n).cloned().collect();
                         let c = Instant::now();
-                        let res = engine.score_batch(&batch);
+                        let res = engine.score_batch(&batch).unwrap_or_default();
                         let elapsed = c.elapsed().as_secs_f64() * 1e3;
                         let ok: usize = res
                             .iter()

@@ -197,7 +197,10 @@ fn gemma3_scores_match_hugging_face() {
     let jobs: Vec<ScoreJob> = cases.iter().map(|(_, j, _)| j.clone()).collect();
     let mut worst = 0.0f64;
     for round in ["first", "cached"] {
-        for ((name, _, want), got) in cases.iter().zip(engine.score_batch(&jobs)) {
+        for ((name, _, want), got) in cases
+            .iter()
+            .zip(engine.score_batch(&jobs).expect("engine up"))
+        {
             let got = got.unwrap_or_else(|e| panic!("{alias}/{name}: {e}"));
             assert_eq!(
                 got.scores.len(),
