@@ -1,5 +1,5 @@
 //! Bad input, generated: Schemathesis (pinned, in a throwaway virtualenv under the target
-//! directory) reads `/openapi.json` from a real server (`scorer_api::serve`, what `scorer serve`
+//! directory) reads `/openapi.json` from a real server (`scorer::roles::serve`, what `scorer serve`
 //! runs, on a random port over the real RabbitMQ, Redis and Postgres, scoring with SmolLM2) and
 //! sends every operation valid, boundary and invalid requests. No answer may be a 5xx.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{SMOL, load, venv};
 use scorer_api::{ServiceConfig, StoreUrls};
 use scorer_jobs::{AmqpQueue, AmqpTopology};
-use scorer_protocol::ScoreBackend;
+use scorer_worker::WorkerConfig;
 use tokio::sync::oneshot;
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -62,10 +62,14 @@ async fn openapi_fuzzing_finds_no_server_error() {
         ..ServiceConfig::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let backend: Arc<dyn ScoreBackend> = engine.clone();
-    let server = tokio::spawn(scorer_api::serve(config, backend, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(scorer::roles::serve(
+        config,
+        WorkerConfig::default(),
+        engine.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let up = Instant::now();

@@ -173,7 +173,7 @@ impl GgufFile {
 }
 
 /// The hyper-parameters stored under `{arch}.*` plus the tokenizer's vocabulary size.
-fn read_config(g: &GgufFile) -> Result<ModelConfig> {
+pub(crate) fn read_config(g: &GgufFile) -> Result<ModelConfig> {
     let arch_name = g
         .meta_string("general.architecture")?
         .ok_or_else(|| anyhow!("GGUF has no general.architecture"))?;

@@ -120,9 +120,8 @@ fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host
     HostTensor::new(view.shape().to_vec(), data)
 }
 
-/// Loads a Qwen2 or Llama model from a Hugging Face directory.
-pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
-    let start = Instant::now();
+/// The directory's `config.json`, parsed and checked.
+pub(crate) fn read_dir_config(dir: &Path) -> Result<ModelConfig> {
     let config_path = dir.join("config.json");
     let json: Value = serde_json::from_slice(
         &std::fs::read(&config_path).with_context(|| format!("read {}", config_path.display()))?,
@@ -132,7 +131,13 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config = parse_config(&json, name)?;
+    parse_config(&json, name)
+}
+
+/// Loads a Qwen2 or Llama model from a Hugging Face directory.
+pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
+    let start = Instant::now();
+    let config = read_dir_config(dir)?;
 
     let files = shard_files(dir)?;
     let maps = files

@@ -1,0 +1,121 @@
+//! Process roles, composed here in the binary so that the API crate knows nothing of workers:
+//! - [`serve`]: the API and a worker in one process over one engine; with no broker or store URL
+//!   configured everything is in-process (embedded mode);
+//! - [`run_api`]: the HTTP API alone over RabbitMQ, Redis and Postgres. It holds a
+//!   [`Preparer`] (tokenizer and model metadata; `scorer api` loads no weights);
+//! - [`run_worker`]: a worker alone, which holds the engine.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+pub use scorer_api::shutdown_signal;
+use scorer_api::{
+    AppState, ServiceConfig, Stores, announce_auth, build_app, connect_stores, serve_app,
+};
+use scorer_jobs::webhook::WebhookSender;
+use scorer_protocol::{Preparer, ScoreBackend};
+use scorer_worker::{Worker, WorkerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn worker(
+    config: &ServiceConfig,
+    worker: WorkerConfig,
+    stores: &Stores,
+    backend: Arc<dyn ScoreBackend>,
+) -> Worker {
+    Worker {
+        queue: stores.queue.clone(),
+        results: stores.results.clone(),
+        audit: stores.audit.clone(),
+        backend,
+        webhooks: WebhookSender::new(
+            config.webhook_attempts,
+            config.webhook_backoff,
+            std::time::Duration::from_secs(10),
+        ),
+        config: worker,
+    }
+}
+
+/// `scorer serve`: the API and a worker in one process. With no URLs configured the queue and
+/// stores are in-process (embedded mode); each configured URL swaps in the real service. On
+/// shutdown the HTTP server stops first, then the worker drains its batch.
+pub async fn serve<B: ScoreBackend>(
+    config: ServiceConfig,
+    worker_config: WorkerConfig,
+    backend: Arc<B>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stores = connect_stores(&config).await?;
+    announce_auth(&config);
+    stores
+        .queue
+        .declare(ScoreBackend::model_id(&*backend))
+        .await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(worker(&config, worker_config, &stores, backend.clone()).run(stop_rx));
+    let http = config.http.clone();
+    let app = build_app(AppState::new(backend, stores, config)).await;
+    let served = serve_app(listener, app, http, shutdown).await;
+    let _ = stop_tx.send(true);
+    match worker.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
+        Err(e) => tracing::error!(error = %e, "worker task failed"),
+    }
+    served
+}
+
+fn require_all(config: &ServiceConfig, role: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.stores.all(),
+        "`scorer {role}` is the distributed deployment: it needs --amqp-url, --redis-url and \
+         --database-url (use `scorer serve` for the embedded mode)"
+    );
+    Ok(())
+}
+
+/// `scorer api`: the HTTP API alone, over RabbitMQ, Redis and Postgres. It holds the tokenizer
+/// and the model's metadata (`preparer`), so workers receive token ids; no weights.
+pub async fn run_api(
+    config: ServiceConfig,
+    backend: Arc<dyn Preparer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    require_all(&config, "api")?;
+    let stores = connect_stores(&config).await?;
+    announce_auth(&config);
+    stores.queue.declare(backend.model_id()).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let http = config.http.clone();
+    let app = build_app(AppState::new(backend, stores, config)).await;
+    serve_app(listener, app, http, shutdown).await
+}
+
+/// `scorer worker`: consume the backend's model queue until `shutdown`, then drain.
+pub async fn run_worker(
+    config: ServiceConfig,
+    worker_config: WorkerConfig,
+    backend: Arc<dyn ScoreBackend>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    require_all(&config, "worker")?;
+    let stores = connect_stores(&config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    worker(&config, worker_config, &stores, backend)
+        .run(stop_rx)
+        .await?;
+    Ok(())
+}
+

@@ -1,0 +1,10 @@
+//! Test support shared by the service tests (a dev-dependency only, never shipped): the
+//! service harness (the API on a random port over the real or in-process queue and stores,
+//! workers started, stopped and killed at will) and a TCP fault proxy. It lives in a crate of
+//! its own because the harness composes the API with workers, which the API crate itself must
+//! not depend on.
+
+pub mod proxy;
+pub mod service;
+
+pub use service::*;
