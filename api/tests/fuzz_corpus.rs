@@ -10,7 +10,7 @@ use std::time::Instant;
 use scorer_api::fuzzing;
 
 /// Mutations tried per seed.
-const MUTATIONS: usize = 400;
+const MUTATIONS: usize = 2_000;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
