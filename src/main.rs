@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use scorer::{fetch, home};
 use scorer::roles;
+use scorer::{fetch, home};
 use scorer_api::{AuthMode, ServiceConfig};
-use scorer_worker::WorkerConfig;
+use scorer_engine::frontend::Frontend;
 use scorer_engine::model::DType;
 use scorer_engine::runtime::{Engine, EngineConfig};
-use scorer_engine::frontend::Frontend;
 use scorer_protocol::{Items, LabelIds, Preparer, ScoreBackend, ScoreRequest, TextOrTokens};
+use scorer_worker::WorkerConfig;
 
 #[derive(Parser)]
 #[command(

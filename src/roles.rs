@@ -58,7 +58,8 @@ pub async fn serve<B: ScoreBackend>(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = tokio::spawn(worker(&config, worker_config, &stores, backend.clone()).run(stop_rx));
+    let worker =
+        tokio::spawn(worker(&config, worker_config, &stores, backend.clone()).run(stop_rx));
     let http = config.http.clone();
     let app = build_app(AppState::new(backend, stores, config)).await;
     let served = serve_app(listener, app, http, shutdown).await;
@@ -118,4 +119,3 @@ pub async fn run_worker(
         .await?;
     Ok(())
 }
-

@@ -18,9 +18,9 @@ mod state;
 mod submit;
 
 pub use config::{AuthMode, BatchConfig, Limits, ServiceConfig, StoreUrls};
+pub use connect::{announce_auth, connect_stores, migrate};
 pub use error::{ApiError, ErrorBody};
 pub use locality::{Locality, LocalityConfig, rendezvous};
-pub use connect::{announce_auth, connect_stores, migrate};
 pub use server::{HttpLimits, serve_app, shutdown_signal};
 pub use state::{AppState, Stores};
 

@@ -320,7 +320,11 @@ struct BodyTimedOut(Duration);
 /// Middleware: the request body must arrive whole within its deadline; past it the handler sees
 /// a read error and the answer is 408 (whatever the handler made of the error), with the
 /// connection closed.
-pub(crate) async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn body_deadline(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     if req.body().is_end_stream() {
         return next.run(req).await;
     }
@@ -355,10 +359,8 @@ pub(crate) async fn body_deadline(State(state): State<AppState>, req: Request, n
         return response;
     }
     metrics::counter!("scorer_http_body_timeouts_total").increment(1);
-    let mut timed_out = error_response(
-        StatusCode::REQUEST_TIMEOUT,
-        BodyTimedOut(limit).to_string(),
-    );
+    let mut timed_out =
+        error_response(StatusCode::REQUEST_TIMEOUT, BodyTimedOut(limit).to_string());
     timed_out
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -50,8 +50,21 @@ impl Rng {
 }
 
 const INTERESTING: &[&[u8]] = &[
-    b"\\u0000", b"\\ud800", b"1e400", b"-1", b"18446744073709551616", b"null", b"[", b"{", b"\"",
-    b"\r\n", b"--scorerfuzz", b"--scorerfuzz--", b"\xff\xfe", b"5e-324", b"[[[[[[[[",
+    b"\\u0000",
+    b"\\ud800",
+    b"1e400",
+    b"-1",
+    b"18446744073709551616",
+    b"null",
+    b"[",
+    b"{",
+    b"\"",
+    b"\r\n",
+    b"--scorerfuzz",
+    b"--scorerfuzz--",
+    b"\xff\xfe",
+    b"5e-324",
+    b"[[[[[[[[",
 ];
 
 fn mutate(rng: &mut Rng, seed: &[u8], others: &[(String, Vec<u8>)]) -> Vec<u8> {
@@ -127,5 +140,7 @@ fn batch_line_corpus() {
 
 #[test]
 fn multipart_upload_corpus() {
-    replay("multipart_upload", |bytes| fuzzing::multipart_upload(bytes) > 0);
+    replay("multipart_upload", |bytes| {
+        fuzzing::multipart_upload(bytes) > 0
+    });
 }

@@ -47,7 +47,12 @@ async fn request_timeout_header_never_drops_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_is_a_json_error() {
     let h = Harness::start(Backing::Real, |_| {}).await;
-    for query in ["limit=-1", "limit=abc", "after=not-a-uuid", "limit=1&limit=2"] {
+    for query in [
+        "limit=-1",
+        "limit=abc",
+        "after=not-a-uuid",
+        "limit=1&limit=2",
+    ] {
         let (status, headers, body) = h.get(&format!("/v1/batches?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert_eq!(
@@ -95,11 +100,22 @@ async fn bearer_scheme_is_case_insensitive() {
             .header("authorization", auth)
             .send()
     };
-    for auth in ["Bearer key-a", "bearer key-a", "BEARER key-a", "bEaReR   key-a"] {
+    for auth in [
+        "Bearer key-a",
+        "bearer key-a",
+        "BEARER key-a",
+        "bEaReR   key-a",
+    ] {
         let resp = list(auth).await.expect("request");
         assert_eq!(resp.status(), StatusCode::OK, "{auth}");
     }
-    for auth in ["Bearer key-b", "bearer key-", "Basic key-a", "key-a", "Bearerkey-a"] {
+    for auth in [
+        "Bearer key-b",
+        "bearer key-",
+        "Basic key-a",
+        "key-a",
+        "Bearerkey-a",
+    ] {
         let resp = list(auth).await.expect("request");
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth}");
         let body: Value = resp.json().await.expect("json error");

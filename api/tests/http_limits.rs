@@ -56,7 +56,10 @@ async fn idle_connections_and_slow_heads_are_closed() {
     let sent = read_to_close(&mut idle, Duration::from_secs(10)).await;
     let waited = started.elapsed();
     assert_eq!(sent.as_deref(), Some(""), "an idle socket is closed");
-    assert!(waited >= Duration::from_millis(900), "closed early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed early: {waited:?}"
+    );
     eprintln!("[http_limits] idle socket closed after {waited:?}");
 
     // Keep-alive: one answered request, then silence.

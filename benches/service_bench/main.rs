@@ -19,10 +19,10 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use scorer::roles::serve;
 use scorer_api::ServiceConfig;
-use scorer_worker::WorkerConfig;
 use scorer_engine::home;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{ScoreBackend, ScoreRequest};
+use scorer_worker::WorkerConfig;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -417,9 +417,14 @@ async fn run(
     worker: WorkerConfig,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(config.clone(), worker.clone(), engine.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        config.clone(),
+        worker.clone(),
+        engine.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let service = Service {
         base: format!("http://{}", config.listen),
         http: reqwest::Client::new(),

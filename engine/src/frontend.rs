@@ -27,9 +27,10 @@ impl Frontend {
     /// settings are not used.
     pub fn load(cfg: &EngineConfig) -> Result<Frontend> {
         let started = Instant::now();
-        let tokenizer = Arc::new(Tokenizer::for_model(&cfg.model_path).with_context(|| {
-            format!("loading the tokenizer of {}", cfg.model_path.display())
-        })?);
+        let tokenizer =
+            Arc::new(Tokenizer::for_model(&cfg.model_path).with_context(|| {
+                format!("loading the tokenizer of {}", cfg.model_path.display())
+            })?);
         let config = weights::load_config(&cfg.model_path).with_context(|| {
             format!("reading the model metadata of {}", cfg.model_path.display())
         })?;

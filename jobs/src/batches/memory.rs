@@ -94,7 +94,9 @@ impl BatchStore for MemoryBatchStore {
             .lock()
             .values()
             .map(|(b, _)| b)
-            .filter(|b| super::lifecycle::OPEN.contains(&b.status) && after.is_none_or(|a| b.id > a))
+            .filter(|b| {
+                super::lifecycle::OPEN.contains(&b.status) && after.is_none_or(|a| b.id > a)
+            })
             .cloned()
             .collect();
         found.sort_by_key(|b| b.id);

@@ -167,4 +167,3 @@ fn result_line(r: &LineResult) -> Value {
         }
     }
 }
-

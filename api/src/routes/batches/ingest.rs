@@ -314,8 +314,7 @@ impl<'a> Ingest<'a> {
         let published = envelopes.len() as u64;
         let outcomes: Vec<_> = futures::stream::iter(envelopes)
             .map(|env| async move {
-                let result =
-                    call(state, "queue", publish(state, &env)).await;
+                let result = call(state, "queue", publish(state, &env)).await;
                 (env.job_id, result)
             })
             .buffer_unordered(PUBLISH_CONCURRENCY)
@@ -331,12 +330,8 @@ impl<'a> Ingest<'a> {
                     record.status = JobStatus::Failed;
                     record.finished_at = Some(now_millis());
                     record.error = Some(message.clone());
-                    let _ = call(
-                        self.state,
-                        "audit",
-                        self.state.stores.audit.finish(&record),
-                    )
-                    .await;
+                    let _ =
+                        call(self.state, "audit", self.state.stores.audit.finish(&record)).await;
                 }
                 first_error.get_or_insert(e);
             }
@@ -368,9 +363,7 @@ impl<'a> Ingest<'a> {
                     return Ok(());
                 }
             }
-            if call(self.state, "queue", self.state.stores.queue.depth(model)).await?
-                < high_water
-            {
+            if call(self.state, "queue", self.state.stores.queue.depth(model)).await? < high_water {
                 return Ok(());
             }
             tokio::time::sleep(BACKPRESSURE_POLL).await;
@@ -420,4 +413,3 @@ impl<'a> Ingest<'a> {
         super::lifecycle::advanced(self.state, batch).await
     }
 }
-

@@ -58,7 +58,11 @@ pub(super) async fn call_within<T>(
 }
 
 /// The caller's batch, or 404 (also for another tenant's: ids are not secrets to probe).
-pub(super) async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Result<BatchRecord, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<BatchRecord, ApiError> {
     let tenant = auth::tenant(state, headers).await?;
     let not_found = || ApiError::NotFound(format!("no batch {id}"));
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
@@ -67,4 +71,3 @@ pub(super) async fn find(state: &AppState, headers: &HeaderMap, id: &str) -> Res
         _ => Err(not_found()),
     }
 }
-

@@ -28,7 +28,10 @@ pub struct CreateParams {
     pub metadata: Option<String>,
 }
 
-pub(super) fn parse_window(state: &AppState, window: Option<&str>) -> Result<(String, Duration), ApiError> {
+pub(super) fn parse_window(
+    state: &AppState,
+    window: Option<&str>,
+) -> Result<(String, Duration), ApiError> {
     let window = window.unwrap_or(DEFAULT_WINDOW);
     let max = state.config.batches.max_completion_window;
     let bad = || {
@@ -165,4 +168,3 @@ fn multipart_error(state: &AppState, e: axum::extract::multipart::MultipartError
         ApiError::BadRequest(e.body_text())
     }
 }
-

@@ -104,4 +104,3 @@ pub(super) fn object(b: &BatchRecord, counts: BatchCounts) -> BatchObject {
         metadata: b.metadata.clone(),
     }
 }
-
