@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 use scorer_api::{ServiceConfig, StoreUrls};
 use scorer_engine::runtime::Engine;
 use scorer_jobs::{AmqpQueue, AmqpTopology};
+use scorer_protocol::ScoreBackend;
 use scorer_worker::WorkerConfig;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
