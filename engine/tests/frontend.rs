@@ -39,7 +39,14 @@ fn requests() -> Vec<ScoreRequest> {
     .collect()
 }
 
+/// One test, in this order, so each RSS difference is its own load's (tests of one binary run
+/// on parallel threads of one process).
 #[test]
+fn frontend_loads_metadata_only_and_prepares_like_the_engine() {
+    metadata_alone_is_read_for_the_default_model();
+    frontend_prepares_like_the_engine_without_its_weights();
+}
+
 fn frontend_prepares_like_the_engine_without_its_weights() {
     let cfg = EngineConfig::new(home::model_file(SMOL), SMOL.to_string());
     let before = rss_kib();
@@ -61,7 +68,6 @@ fn frontend_prepares_like_the_engine_without_its_weights() {
     }
 }
 
-#[test]
 fn metadata_alone_is_read_for_the_default_model() {
     let path = home::model_file(QWEN);
     let before = rss_kib();
