@@ -425,7 +425,12 @@ async fn lifecycle_moves_only_what_its_jobs_allow(p: &Pair) {
         .await
         .expect("advance");
     assert_eq!(expired.status, BatchStatus::Expired);
-    let job = p.audit.get(late_line.record.id).await.expect("get").expect("row");
+    let job = p
+        .audit
+        .get(late_line.record.id)
+        .await
+        .expect("get")
+        .expect("row");
     assert_eq!(job.status, JobStatus::Cancelled);
 
     // Cancelling with nothing running: cancelling, then cancelled on the next advance.
