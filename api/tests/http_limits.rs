@@ -115,12 +115,18 @@ async fn idle_connections_and_slow_heads_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_sent_byte_by_byte_is_answered_408() {
-    let h = Harness::start(Backing::Real, |c| c.http = limits(64)).await;
+    // A tenant of its own, so the batch listed at the end is this test's.
+    let key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let h = Harness::start(Backing::Real, |c| {
+        c.http = limits(64);
+        c.api_keys.insert(key.clone(), key.clone());
+    })
+    .await;
     for path in ["/v1/score", "/v1/score/jobs", "/v1/batches"] {
         let mut sock = connect(&h).await;
         let head = format!(
             "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
-             content-length: 1000\r\n\r\n{{"
+             authorization: Bearer {key}\r\ncontent-length: 1000\r\n\r\n{{"
         );
         sock.write_all(head.as_bytes()).await.expect("write");
         let started = Instant::now();
@@ -137,6 +143,18 @@ async fn body_sent_byte_by_byte_is_answered_408() {
             started.elapsed()
         );
     }
+    // The upload cut off by its deadline failed its batch (it is not left `validating`).
+    let list: serde_json::Value = h
+        .http
+        .get(format!("{}/v1/batches?limit=1", h.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["data"][0]["status"], "failed", "{list}");
     h.finish().await;
 }
 

@@ -370,6 +370,13 @@ impl<'a> Ingest<'a> {
         }
     }
 
+    /// Reading the upload failed with `error`: the batch fails with it (its jobs not started
+    /// cancelled), and `error` is handed back for the caller.
+    pub(super) async fn fail(&mut self, error: ApiError) -> ApiError {
+        self.abort(error.to_string()).await;
+        error
+    }
+
     /// The upload cannot go on: the batch fails, and its jobs not started are cancelled.
     async fn abort(&mut self, why: impl Into<String>) {
         let failed = lifecycle::fail_upload(

@@ -100,7 +100,12 @@ pub async fn create(
             Ingest::start(&state, tenant, window.as_deref(), metadata.as_deref()).await?;
         let mut body = req.into_body().into_data_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| read_error(&state, e))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // The body stopped (client gone, read deadline): the batch fails rather than
+                // stay `validating` with some of its lines published.
+                Err(e) => return Err(ingest.fail(read_error(&state, e)).await),
+            };
             if !ingest.feed(&chunk).await? {
                 break;
             }
@@ -119,11 +124,12 @@ pub async fn create(
             Some("file") => {
                 let mut ingest =
                     Ingest::start(&state, tenant, window.as_deref(), metadata.as_deref()).await?;
-                while let Some(chunk) = field
-                    .chunk()
-                    .await
-                    .map_err(|e| multipart_error(&state, e))?
-                {
+                loop {
+                    let chunk = match field.chunk().await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => break,
+                        Err(e) => return Err(ingest.fail(multipart_error(&state, e)).await),
+                    };
                     if !ingest.feed(&chunk).await? {
                         break;
                     }
