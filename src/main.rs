@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use scorer::roles;
 use scorer::{fetch, home};
-use scorer_api as roles;
 use scorer_api::{AuthMode, ServiceConfig};
+use scorer_engine::frontend::Frontend;
 use scorer_engine::model::DType;
 use scorer_engine::runtime::{Engine, EngineConfig};
-use scorer_protocol::{Items, LabelIds, ScoreBackend, ScoreRequest, TextOrTokens};
+use scorer_protocol::{Items, LabelIds, Preparer, ScoreBackend, ScoreRequest, TextOrTokens};
+use scorer_worker::WorkerConfig;
 
 #[derive(Parser)]
 #[command(
@@ -176,10 +178,35 @@ struct ServiceArgs {
     /// Seconds a worker's forward pass may run; past them its jobs are requeued once, then fail.
     #[arg(long, env = "SCORER_JOB_RUN_TIMEOUT", default_value_t = 300)]
     job_run_timeout: u64,
+    /// HTTP connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "SCORER_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a connection may sit with no request in progress and no traffic before it is
+    /// closed.
+    #[arg(long, env = "SCORER_IDLE_TIMEOUT", default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Seconds from a request's first byte to the end of its head.
+    #[arg(long, env = "SCORER_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    header_read_timeout: f64,
+    /// Seconds a request body may take to arrive whole (408 past it), batch uploads excepted.
+    #[arg(long, env = "SCORER_BODY_READ_TIMEOUT", default_value_t = 60.0)]
+    body_read_timeout: f64,
+    /// Seconds a batch upload (POST /v1/batches) may take to arrive whole.
+    #[arg(long, env = "SCORER_UPLOAD_READ_TIMEOUT", default_value_t = 3600.0)]
+    upload_read_timeout: f64,
+}
+
+/// A positive number of seconds, for the flag named.
+fn seconds(flag: &str, secs: f64) -> Result<Duration> {
+    anyhow::ensure!(
+        secs.is_finite() && secs > 0.0,
+        "--{flag} must be a positive number of seconds, got {secs}"
+    );
+    Duration::try_from_secs_f64(secs).with_context(|| format!("--{flag} is too large: {secs}"))
 }
 
 impl ServiceArgs {
-    fn config(&self, engine: &EngineConfig) -> Result<ServiceConfig> {
+    fn config(&self, engine: &EngineConfig) -> Result<(ServiceConfig, WorkerConfig)> {
         let mut cfg = ServiceConfig {
             listen: self.listen,
             namespace: self.namespace.clone(),
@@ -189,11 +216,18 @@ impl ServiceArgs {
             auth: self.auth,
             ..ServiceConfig::default()
         };
+        cfg.store_timeout = seconds("store-timeout", self.store_timeout)?;
         anyhow::ensure!(
-            self.store_timeout.is_finite() && self.store_timeout > 0.0,
-            "--store-timeout must be a positive number of seconds"
+            self.max_connections >= 1,
+            "--max-connections must be at least 1"
         );
-        cfg.store_timeout = Duration::from_secs_f64(self.store_timeout);
+        cfg.http = scorer_api::HttpLimits {
+            max_connections: self.max_connections,
+            idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+            header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
+            body_read_timeout: seconds("body-read-timeout", self.body_read_timeout)?,
+            upload_read_timeout: seconds("upload-read-timeout", self.upload_read_timeout)?,
+        };
         cfg.stores.amqp_url = self.amqp_url.clone().filter(|u| !u.is_empty());
         cfg.stores.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         cfg.stores.database_url = self.database_url.clone().filter(|u| !u.is_empty());
@@ -202,7 +236,10 @@ impl ServiceArgs {
         cfg.limits.max_items = engine.limits.max_items;
         cfg.limits.max_prompt_tokens = engine.limits.max_prompt_tokens;
         cfg.limits.max_request_tokens = engine.limits.max_request_tokens;
-        cfg.worker.max_batch_tokens = engine.max_batch_tokens;
+        let mut worker = WorkerConfig {
+            max_batch_tokens: engine.max_batch_tokens,
+            ..WorkerConfig::default()
+        };
         cfg.locality.enabled = self.locality;
         cfg.locality.worker_queue_ttl = Duration::from_millis(self.worker_queue_ttl_ms.max(1));
         anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
@@ -210,36 +247,43 @@ impl ServiceArgs {
             self.job_run_timeout >= 1,
             "--job-run-timeout must be at least 1 s"
         );
-        cfg.worker.max_attempts = self.max_attempts;
-        cfg.worker.run_timeout = Duration::from_secs(self.job_run_timeout);
-        cfg.worker.max_bulk_batch_tokens = self.max_bulk_batch_tokens;
+        worker.max_attempts = self.max_attempts;
+        worker.run_timeout = Duration::from_secs(self.job_run_timeout);
+        worker.max_bulk_batch_tokens = self.max_bulk_batch_tokens;
         for pair in &self.api_keys {
             let (key, tenant) = pair
                 .split_once('=')
                 .with_context(|| format!("--api-keys wants KEY=TENANT pairs, got '{pair}'"))?;
             cfg.api_keys.insert(key.to_string(), tenant.to_string());
         }
-        Ok(cfg)
+        Ok((cfg, worker))
     }
 }
 
-/// Loads the engine and runs one service role on a Tokio runtime.
+/// Loads what the role needs and runs it on a Tokio runtime: the engine (weights on the device)
+/// for `serve` and `worker`; only the tokenizer and the model's metadata for `api`.
 fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()> {
     let engine_cfg = engine.config()?;
-    let config = service.config(&engine_cfg)?;
+    let (config, worker) = service.config(&engine_cfg)?;
     if !config.stores.any() {
         tracing::info!("embedded mode: in-process queue, result store and audit log");
     }
-    let backend: Arc<dyn ScoreBackend> = Arc::new(Engine::load(engine_cfg)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let shutdown = roles::shutdown_signal();
-        match role {
-            Role::Serve => roles::serve(config, backend, shutdown).await,
-            Role::Api => roles::run_api(config, backend, shutdown).await,
-            Role::Worker => roles::run_worker(config, backend, shutdown).await,
+    let shutdown = roles::shutdown_signal();
+    match role {
+        Role::Api => {
+            let frontend: Arc<dyn Preparer> = Arc::new(Frontend::load(&engine_cfg)?);
+            runtime.block_on(roles::run_api(config, frontend, shutdown))
         }
-    })
+        Role::Serve => {
+            let engine = Arc::new(Engine::load(engine_cfg)?);
+            runtime.block_on(roles::serve(config, worker, engine, shutdown))
+        }
+        Role::Worker => {
+            let engine: Arc<dyn ScoreBackend> = Arc::new(Engine::load(engine_cfg)?);
+            runtime.block_on(roles::run_worker(config, worker, engine, shutdown))
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -312,7 +356,7 @@ fn run() -> Result<()> {
         Command::Worker { engine, service } => run_role(&engine, &service, Role::Worker),
         Command::Migrate { database_url } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(roles::migrate(&database_url))?;
+            runtime.block_on(scorer_api::migrate(&database_url))?;
             println!("migrations applied");
             Ok(())
         }

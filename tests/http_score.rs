@@ -1,5 +1,5 @@
 //! Phase 2 of the test plan (`TestOpenAIV1Score`): `POST /v1/score` over HTTP against a real
-//! server — `scorer_api::serve`, what `scorer serve` runs — on a random port, over the real
+//! server — `scorer::roles::serve`, what `scorer serve` runs — on a random port, over the real
 //! RabbitMQ, Redis and Postgres (each server in its own namespace), scoring with the default
 //! Qwen model. The engine is loaded once for the binary and shared by every server.
 
@@ -16,6 +16,7 @@ use scorer_api::{ServiceConfig, StoreUrls};
 use scorer_engine::runtime::Engine;
 use scorer_jobs::{AmqpQueue, AmqpTopology};
 use scorer_protocol::ScoreBackend;
+use scorer_worker::WorkerConfig;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -69,10 +70,14 @@ impl Server {
                 ..ServiceConfig::default()
             };
             let (stop, stopped) = oneshot::channel::<()>();
-            let backend: Arc<dyn ScoreBackend> = engine.clone();
-            let task = tokio::spawn(scorer_api::serve(config, backend, async {
-                let _ = stopped.await;
-            }));
+            let task = tokio::spawn(scorer::roles::serve(
+                config,
+                WorkerConfig::default(),
+                engine.clone(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
             let server = Server {
                 base: format!("http://{addr}"),
                 http: reqwest::Client::new(),

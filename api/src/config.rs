@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use scorer_worker::WorkerConfig;
-
-use crate::LocalityConfig;
+use crate::{HttpLimits, LocalityConfig};
 
 /// Where the queue and stores live. A missing URL means "in-process" (embedded mode).
 #[derive(Debug, Clone, Default)]
@@ -81,6 +79,8 @@ pub struct ServiceConfig {
     /// Prefix of the AMQP exchanges and queues and of the Redis keys.
     pub namespace: String,
     pub limits: Limits,
+    /// Connections, idle and read timeouts of the HTTP server.
+    pub http: HttpLimits,
     /// How long `POST /v1/score` waits for its result when the caller does not say (default 60 s).
     pub sync_timeout: Duration,
     /// The most a caller may ask for with `X-Request-Timeout` (default 300 s).
@@ -107,11 +107,11 @@ pub struct ServiceConfig {
     /// How long a key looked up in Postgres is trusted without asking again: a revoked key keeps
     /// working at most this long on an API process that saw it (default 10 s).
     pub key_cache_ttl: Duration,
-    /// `/ready` needs a worker heartbeat at most this old.
+    /// `/ready` needs a worker heartbeat at most this old (default 3 s: three of a worker's
+    /// default 1 s heartbeats).
     pub worker_liveness: Duration,
     pub webhook_attempts: u32,
     pub webhook_backoff: Duration,
-    pub worker: WorkerConfig,
     pub batches: BatchConfig,
     /// Steering jobs that share a prefix to one worker.
     pub locality: LocalityConfig,
@@ -128,6 +128,9 @@ pub struct BatchConfig {
     pub queue_high_water: u64,
     /// Longest `completion_window` accepted (default 7 days).
     pub max_completion_window: Duration,
+    /// How often the API moves batches whose jobs have finished (`completed`, `cancelled`) or
+    /// whose window has passed (`expired`); a `GET` shows what is stored (default 1 s).
+    pub sweep_interval: Duration,
 }
 
 impl Default for BatchConfig {
@@ -136,6 +139,7 @@ impl Default for BatchConfig {
             max_upload_bytes: 1 << 30,
             queue_high_water: 5_000,
             max_completion_window: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -149,12 +153,12 @@ impl ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        let worker = WorkerConfig::default();
         ServiceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             stores: StoreUrls::default(),
             namespace: "scorer".to_string(),
             limits: Limits::default(),
+            http: HttpLimits::default(),
             sync_timeout: Duration::from_secs(60),
             max_sync_timeout: Duration::from_secs(300),
             result_ttl: Duration::from_secs(24 * 3600),
@@ -166,10 +170,9 @@ impl Default for ServiceConfig {
             auth: AuthMode::Off,
             api_keys: HashMap::new(),
             key_cache_ttl: Duration::from_secs(10),
-            worker_liveness: worker.heartbeat_interval * 3,
+            worker_liveness: Duration::from_secs(3),
             webhook_attempts: 5,
             webhook_backoff: Duration::from_millis(500),
-            worker,
             batches: BatchConfig::default(),
             locality: LocalityConfig::default(),
         }

@@ -1,5 +1,10 @@
 //! The one place where failures become HTTP answers: a status and an OpenAI-style body
 //! `{"object":"error","message":...,"type":...,"param":null,"code":<status>}`.
+//!
+//! Errors our handlers return are [`ApiError`]s. Those made before a handler runs (axum's
+//! extractor rejections: a bad query string, path or form; an unknown route; a wrong method) are
+//! plain text from axum; [`json_errors`] rewrites every such answer into the same body, so a
+//! client parses one error shape whatever refused it.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -71,22 +76,78 @@ impl ApiError {
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
+}
 
-    fn kind(&self) -> &'static str {
-        match self {
-            // SGLang's name for validation failures.
-            ApiError::BadRequest(_) => "BadRequestError",
-            ApiError::Unauthorized(_) => "AuthenticationError",
-            ApiError::Forbidden(_) => "PermissionDeniedError",
-            ApiError::NotFound(_) => "NotFoundError",
-            ApiError::Conflict(_) => "ConflictError",
-            ApiError::TooLarge(_) => "RequestTooLargeError",
-            ApiError::Overloaded { .. } => "RateLimitError",
-            ApiError::Internal(_) => "InternalServerError",
-            ApiError::Unavailable(_) => "ServiceUnavailableError",
-            ApiError::Timeout { .. } => "TimeoutError",
-        }
+/// The error `type` answered with each status.
+fn kind_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        // SGLang's name for validation failures.
+        400 | 422 => "BadRequestError",
+        401 => "AuthenticationError",
+        403 => "PermissionDeniedError",
+        404 => "NotFoundError",
+        405 => "MethodNotAllowedError",
+        408 => "RequestTimeoutError",
+        409 => "ConflictError",
+        413 => "RequestTooLargeError",
+        415 => "UnsupportedMediaTypeError",
+        429 => "RateLimitError",
+        503 => "ServiceUnavailableError",
+        504 => "TimeoutError",
+        s if s >= 500 => "InternalServerError",
+        _ => "BadRequestError",
     }
+}
+
+/// The error body for `status` and `message`, as a response.
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
+    let body = ErrorBody {
+        object: "error",
+        message,
+        kind: kind_of(status),
+        param: None,
+        code: status.as_u16(),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The longest plain-text error body rewritten (axum's rejections are a line or two).
+const REWRITE_LIMIT: usize = 64 << 10;
+
+/// Middleware: an error answer that is not JSON (an extractor rejection, the router's 404 or
+/// 405) becomes the JSON error body with the same status, its text as the message. Headers such
+/// as `Allow` and `Retry-After` are kept.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, REWRITE_LIMIT).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    } else {
+        text
+    };
+    metrics::counter!("scorer_http_errors_total", "status" => status.as_str().to_string())
+        .increment(1);
+    let rewritten = error_response(status, message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let (new_parts, body) = rewritten.into_parts();
+    parts.headers.extend(new_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 impl From<ValidationError> for ApiError {
@@ -112,14 +173,7 @@ impl IntoResponse for ApiError {
         }
         metrics::counter!("scorer_http_errors_total", "status" => status.as_str().to_string())
             .increment(1);
-        let body = ErrorBody {
-            object: "error",
-            message: self.to_string(),
-            kind: self.kind(),
-            param: None,
-            code: status.as_u16(),
-        };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = error_response(status, self.to_string());
         let headers = response.headers_mut();
         match &self {
             ApiError::Overloaded {

@@ -1,23 +1,27 @@
-//! The HTTP API (axum) and the process roles built on it:
-//! - [`serve`]: API and worker in one process; with no broker or store URL configured everything
-//!   is in-process (embedded mode);
-//! - [`run_api`] and [`run_worker`]: the distributed deployment over RabbitMQ, Redis, Postgres;
-//! - [`migrate`]: apply the Postgres migrations.
+//! The HTTP API (axum): routes, the one error enum, authentication, limits, metrics, OpenAPI,
+//! and the HTTP server with its connection limits ([`serve_app`]). It needs a [`Preparer`]
+//! (tokenizer and model metadata), never a worker or the weights: the process roles that put
+//! API and workers together live in the binary (`src/roles.rs`).
+//!
+//! [`Preparer`]: scorer_protocol::Preparer
 
 mod auth;
 mod config;
+mod connect;
 mod error;
+pub mod fuzzing;
 mod locality;
 mod metrics;
-mod roles;
 pub mod routes;
+mod server;
 mod state;
 mod submit;
 
 pub use config::{AuthMode, BatchConfig, Limits, ServiceConfig, StoreUrls};
+pub use connect::{announce_auth, connect_stores, migrate};
 pub use error::{ApiError, ErrorBody};
 pub use locality::{Locality, LocalityConfig, rendezvous};
-pub use roles::{connect_stores, migrate, run_api, run_worker, serve, serve_app, shutdown_signal};
+pub use server::{HttpLimits, serve_app, shutdown_signal};
 pub use state::{AppState, Stores};
 
 use axum::Router;
@@ -40,12 +44,12 @@ use utoipa::OpenApi;
         routes::meta::health,
         routes::meta::ready,
         routes::meta::metrics,
-        routes::batches::create,
-        routes::batches::list,
-        routes::batches::get,
-        routes::batches::cancel,
-        routes::batches::output,
-        routes::batches::errors,
+        routes::batches::upload::create,
+        routes::batches::lifecycle::list,
+        routes::batches::lifecycle::get,
+        routes::batches::lifecycle::cancel,
+        routes::batches::download::output,
+        routes::batches::download::errors,
     ),
     components(schemas(
         scorer_protocol::ScoreRequest,
@@ -82,10 +86,15 @@ pub(crate) async fn deadline<T>(
     bounded(limit, service, call).await.map_err(ApiError::from)
 }
 
-/// The API's routes over `state`.
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", uri.path()))
+}
+
+/// The API's routes over `state`; starts the batch sweep (every API process runs one).
 pub async fn build_app(state: AppState) -> Router {
     // Install the recorder before the first request records anything.
     let _ = metrics::handle();
+    routes::batches::lifecycle::spawn_sweeper(&state);
     let body_limit = state.config.limits.max_body_bytes;
     Router::new()
         .route("/v1/score", post(routes::score::score))
@@ -94,22 +103,38 @@ pub async fn build_app(state: AppState) -> Router {
         .route("/v1/score/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route(
             "/v1/batches",
-            post(routes::batches::create)
+            post(routes::batches::upload::create)
                 // The upload is streamed line by line; this only caps its size.
                 .layer(DefaultBodyLimit::max(state.config.batches.max_upload_bytes))
-                .get(routes::batches::list),
+                .get(routes::batches::lifecycle::list),
         )
-        .route("/v1/batches/{id}", get(routes::batches::get))
-        .route("/v1/batches/{id}/cancel", post(routes::batches::cancel))
-        .route("/v1/batches/{id}/output", get(routes::batches::output))
-        .route("/v1/batches/{id}/errors", get(routes::batches::errors))
+        .route("/v1/batches/{id}", get(routes::batches::lifecycle::get))
+        .route(
+            "/v1/batches/{id}/cancel",
+            post(routes::batches::lifecycle::cancel),
+        )
+        .route(
+            "/v1/batches/{id}/output",
+            get(routes::batches::download::output),
+        )
+        .route(
+            "/v1/batches/{id}/errors",
+            get(routes::batches::download::errors),
+        )
         .route("/v1/models", get(routes::meta::models))
         .route("/health", get(routes::meta::health))
         .route("/ready", get(routes::meta::ready))
         .route("/metrics", get(routes::meta::metrics))
         .route("/openapi.json", get(routes::meta::openapi))
         .route("/docs", get(routes::meta::docs))
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server::body_deadline,
+        ))
+        // Outermost: every error answer, whoever made it, has the one JSON shape.
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

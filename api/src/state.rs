@@ -6,7 +6,7 @@ use scorer_jobs::webhook::WebhookSender;
 use scorer_jobs::{
     AuditStore, BatchStore, JobQueue, PostgresKeyStore, ResultStore, WorkerRegistry,
 };
-use scorer_protocol::ScoreBackend;
+use scorer_protocol::Preparer;
 
 use crate::auth::Authenticator;
 use crate::submit::QueueSlots;
@@ -28,7 +28,8 @@ pub struct Stores {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub backend: Arc<dyn ScoreBackend>,
+    /// Validation and tokenization (the API never scores).
+    pub backend: Arc<dyn Preparer>,
     pub stores: Stores,
     pub config: Arc<ServiceConfig>,
     pub webhooks: WebhookSender,
@@ -40,7 +41,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(backend: Arc<dyn ScoreBackend>, stores: Stores, config: ServiceConfig) -> Self {
+    pub fn new(backend: Arc<dyn Preparer>, stores: Stores, config: ServiceConfig) -> Self {
         let webhooks = WebhookSender::new(
             config.webhook_attempts,
             config.webhook_backoff,

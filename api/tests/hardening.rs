@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Backing, Harness, MODEL, database_url, load_engine, score_body};
+use common::{Worker, WorkerError};
 use reqwest::StatusCode;
 use scorer_jobs::{DeadLetter, JobQueue, PostgresAuditStore};
 use scorer_protocol::job::{JobEnvelope, JobKind, JobPriority, JobRecord};
-use scorer_worker::{Worker, WorkerError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -119,10 +119,9 @@ async fn tenant_bound_answers_429(backing: Backing) {
     let h = Harness::start(backing, |c| {
         c.max_tenant_active = 2;
         c.retry_after = Duration::from_secs(2);
-        c.api_keys
-            .insert("key-a".into(), format!("a-{}", c.namespace));
-        c.api_keys
-            .insert("key-b".into(), format!("b-{}", c.namespace));
+        let ns = c.namespace.clone();
+        c.api_keys.insert("key-a".into(), format!("a-{ns}"));
+        c.api_keys.insert("key-b".into(), format!("b-{ns}"));
     })
     .await;
     let a = [("authorization", "Bearer key-a")];

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use scorer_api::{ServiceConfig, serve};
+use scorer::roles::serve;
+use scorer_api::ServiceConfig;
 use scorer_engine::home;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{ScoreBackend, ScoreRequest};
+use scorer_worker::WorkerConfig;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -362,7 +364,7 @@ fn engine_config(args: &Args) -> EngineConfig {
     cfg
 }
 
-fn service_config(args: &Args) -> Result<ServiceConfig> {
+fn service_config(args: &Args) -> Result<(ServiceConfig, WorkerConfig)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -372,16 +374,19 @@ fn service_config(args: &Args) -> Result<ServiceConfig> {
         ..ServiceConfig::default()
     };
     // As `scorer serve` sets it: a worker batch is at most one forward pass.
-    cfg.worker.max_batch_tokens = args.max_batch_tokens;
+    let mut worker = WorkerConfig {
+        max_batch_tokens: args.max_batch_tokens,
+        ..WorkerConfig::default()
+    };
     if let Some(t) = args.max_bulk_batch_tokens {
-        cfg.worker.max_bulk_batch_tokens = t;
+        worker.max_bulk_batch_tokens = t;
     }
     if let Some(p) = args.prefetch {
-        cfg.worker.prefetch = p;
+        worker.prefetch = p;
     }
     // Backlog lines wait in the queue; the default 5,000 already lets the whole backlog in.
     cfg.batches.queue_high_water = cfg.batches.queue_high_water.max(args.backlog_rows as u64);
-    Ok(cfg)
+    Ok((cfg, worker))
 }
 
 fn main() -> Result<()> {
@@ -398,9 +403,9 @@ fn main() -> Result<()> {
     eprintln!("loading {} ...", ecfg.model_path.display());
     let engine = Arc::new(Engine::load(ecfg.clone())?);
     let rows = Rows::load(&engine, &args)?;
-    let config = service_config(&args)?;
+    let (config, worker) = service_config(&args)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(args, ecfg, engine, rows, config))
+    runtime.block_on(run(args, ecfg, engine, rows, config, worker))
 }
 
 async fn run(
@@ -409,13 +414,17 @@ async fn run(
     engine: Arc<Engine>,
     rows: Rows,
     config: ServiceConfig,
+    worker: WorkerConfig,
 ) -> Result<()> {
-    let worker = config.worker.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let backend: Arc<dyn ScoreBackend> = engine.clone();
-    let server = tokio::spawn(serve(config.clone(), backend, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        config.clone(),
+        worker.clone(),
+        engine.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let service = Service {
         base: format!("http://{}", config.listen),
         http: reqwest::Client::new(),

@@ -2,6 +2,7 @@
 //! GGUF and safetensors weights, the tokenizer, and `/v1/score` semantics on top. Usable alone
 //! (tests, benches, bulk) or behind the service through [`runtime::Engine`]'s `ScoreBackend`.
 pub mod coalesce;
+pub mod frontend;
 pub mod hlo;
 pub mod home;
 pub mod model;

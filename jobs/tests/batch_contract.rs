@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use common::{database_url, unique};
+use scorer_jobs::batches::lifecycle;
 use scorer_jobs::{
     AuditStore, BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError,
     MemoryAuditStore, MemoryBatchStore, PostgresAuditStore, PostgresBatchStore, StartOutcome,
@@ -345,6 +346,118 @@ async fn lines_duplicates_counts_results(p: &Pair) {
     );
 }
 
+/// The lifecycle (`scorer_jobs::batches::lifecycle`) over the store: `open` lists what a sweep
+/// visits; `advance` completes a batch only once nothing is pending, expires one past its
+/// window, and finishes a cancel; `cancel` of a finished batch changes nothing.
+async fn lifecycle_moves_only_what_its_jobs_allow(p: &Pair) {
+    let store = p.batches.as_ref();
+    let tenant = unique("tenant");
+    let mut running = batch(&tenant);
+    p.batches.create(&running).await.expect("create");
+    let lines: Vec<BatchLine> = ["a", "b"].iter().map(|c| line(&running, c)).collect();
+    p.batches.add_lines(running.id, &lines).await.expect("add");
+    let end = lifecycle::UploadEnd::Read {
+        accepted: 2,
+        lines: 2,
+    };
+    running = lifecycle::end_upload(store, running.id, end, now_millis())
+        .await
+        .expect("end")
+        .expect("batch");
+    assert_eq!(running.status, BatchStatus::InProgress);
+
+    // Listed as open (pages in id order); a validating batch is not.
+    let validating = batch(&tenant);
+    p.batches.create(&validating).await.expect("create");
+    let mut open = Vec::new();
+    let mut after = None;
+    loop {
+        let page = p.batches.open(after, 50).await.expect("open");
+        after = page.last().map(|b| b.id);
+        let done = page.len() < 50;
+        open.extend(page.into_iter().map(|b| b.id));
+        if done {
+            break;
+        }
+    }
+    assert!(open.contains(&running.id));
+    assert!(!open.contains(&validating.id));
+    assert!(open.windows(2).all(|w| w[0] < w[1]), "id order");
+
+    // One line pending: nothing moves.
+    run_job(p, &lines[0], JobStatus::Succeeded).await;
+    let same = lifecycle::advance(store, running.clone(), now_millis())
+        .await
+        .expect("advance");
+    assert_eq!(same.status, BatchStatus::InProgress);
+    // None pending: completed, through finalizing.
+    run_job(p, &lines[1], JobStatus::Failed).await;
+    let done = lifecycle::advance(store, same, now_millis())
+        .await
+        .expect("advance");
+    assert_eq!(done.status, BatchStatus::Completed);
+    assert!(done.finalizing_at.is_some() && done.completed_at.is_some());
+    assert_eq!(
+        lifecycle::cancel(store, done.clone(), now_millis())
+            .await
+            .expect("cancel"),
+        lifecycle::Cancelled::Finished(done)
+    );
+
+    // Past its window: its line not started is cancelled and the batch expires.
+    let mut late = batch(&tenant);
+    late.expires_at = now_millis() - Duration::seconds(1);
+    p.batches.create(&late).await.expect("create");
+    let late_line = line(&late, "x");
+    p.batches
+        .add_lines(late.id, std::slice::from_ref(&late_line))
+        .await
+        .expect("add");
+    let end = lifecycle::UploadEnd::Read {
+        accepted: 1,
+        lines: 1,
+    };
+    let late = lifecycle::end_upload(store, late.id, end, now_millis())
+        .await
+        .expect("end")
+        .expect("batch");
+    let expired = lifecycle::advance(store, late, now_millis())
+        .await
+        .expect("advance");
+    assert_eq!(expired.status, BatchStatus::Expired);
+    let job = p
+        .audit
+        .get(late_line.record.id)
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(job.status, JobStatus::Cancelled);
+
+    // Cancelling with nothing running: cancelling, then cancelled on the next advance.
+    let mut cancelled = batch(&tenant);
+    p.batches.create(&cancelled).await.expect("create");
+    p.batches
+        .add_lines(cancelled.id, &[line(&cancelled, "y")])
+        .await
+        .expect("add");
+    cancelled = lifecycle::end_upload(store, cancelled.id, end, now_millis())
+        .await
+        .expect("end")
+        .expect("batch");
+    let lifecycle::Cancelled::Cancelling { batch: b, lines } =
+        lifecycle::cancel(store, cancelled, now_millis())
+            .await
+            .expect("cancel")
+    else {
+        panic!("an in-progress batch is cancelled");
+    };
+    assert_eq!((b.status, lines), (BatchStatus::Cancelling, 1));
+    let b = lifecycle::advance(store, b, now_millis())
+        .await
+        .expect("advance");
+    assert_eq!(b.status, BatchStatus::Cancelled);
+}
+
 macro_rules! contract {
     ($name:ident) => {
         mod $name {
@@ -366,3 +479,4 @@ macro_rules! contract {
 contract!(create_get_list_paginate);
 contract!(transitions_are_compare_and_set);
 contract!(lines_duplicates_counts_results);
+contract!(lifecycle_moves_only_what_its_jobs_allow);

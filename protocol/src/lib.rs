@@ -2,7 +2,10 @@
 //! response, the tokenized job the worker scores, and the backend trait the engine implements.
 
 pub mod job;
+pub mod prepare;
 pub mod score;
+
+pub use prepare::Preparer;
 
 pub use score::{
     DEFAULT_MODEL_NAME, EngineUnavailable, Items, JobFailure, LabelIds, ScoreBackend, ScoreJob,

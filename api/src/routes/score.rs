@@ -102,19 +102,72 @@ fn finished(done: JobRecord) -> Result<ScoreResponse, ApiError> {
     }
 }
 
-fn request_timeout(state: &AppState, headers: &HeaderMap) -> Result<Duration, ApiError> {
-    let Some(value) = headers.get(TIMEOUT_HEADER) else {
-        return Ok(state.config.sync_timeout);
+/// The caller's deadline: the server default without the header; a positive number of seconds
+/// capped at the server's maximum; 400 for anything else. Never panics: a value too large for a
+/// `Duration` (`1e20`) is over the maximum like any other large value.
+pub(crate) fn request_timeout(state: &AppState, headers: &HeaderMap) -> Result<Duration, ApiError> {
+    parse_timeout(
+        headers.get(TIMEOUT_HEADER).map(|v| v.as_bytes()),
+        state.config.sync_timeout,
+        state.config.max_sync_timeout,
+    )
+}
+
+fn parse_timeout(
+    value: Option<&[u8]>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    let Some(value) = value else {
+        return Ok(default);
     };
-    let secs: f64 = value
-        .to_str()
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "{TIMEOUT_HEADER} must be a positive number of seconds (at most {} is used), got {:?}",
+            max.as_secs_f64(),
+            String::from_utf8_lossy(value)
+        ))
+    };
+    let secs: f64 = std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|s: &f64| s.is_finite() && *s > 0.0)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{TIMEOUT_HEADER} must be a positive number of seconds"
-            ))
-        })?;
-    Ok(Duration::from_secs_f64(secs).min(state.config.max_sync_timeout))
+        .ok_or_else(bad)?;
+    Ok(match Duration::try_from_secs_f64(secs) {
+        Ok(d) => d.min(max),
+        // Finite and positive, so only too large to represent: over the maximum.
+        Err(_) => max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: Duration = Duration::from_secs(60);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn parse(v: &str) -> Result<Duration, ApiError> {
+        parse_timeout(Some(v.as_bytes()), DEFAULT, MAX)
+    }
+
+    #[test]
+    fn huge_tiny_and_bad_values_never_panic() {
+        assert_eq!(parse_timeout(None, DEFAULT, MAX).ok(), Some(DEFAULT));
+        assert_eq!(parse("1e20").ok(), Some(MAX));
+        assert_eq!(parse("1.7976931348623157e308").ok(), Some(MAX));
+        assert_eq!(parse(" 2.5 ").ok(), Some(Duration::from_millis(2500)));
+        // Below a nanosecond rounds to zero: the answer is an immediate 504, not a panic.
+        assert_eq!(parse("1e-300").ok(), Some(Duration::ZERO));
+        for bad in ["0", "-1", "inf", "NaN", "", "abc", "1e400"] {
+            assert!(
+                matches!(parse(bad), Err(ApiError::BadRequest(_))),
+                "{bad:?} must be a 400"
+            );
+        }
+        assert!(matches!(
+            parse_timeout(Some(&[0xff, 0xfe]), DEFAULT, MAX),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
 }

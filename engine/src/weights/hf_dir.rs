@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::arch::{EMBED, FINAL_NORM, LM_HEAD};
 use super::assemble::{self, Format};
-use super::{HostTensor, ModelWeights, parse_hf_config};
+use super::{HostTensor, ModelConfig, ModelWeights, parse_hf_config};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -68,9 +68,8 @@ fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host
     HostTensor::new(view.shape().to_vec(), data)
 }
 
-/// Loads a model of a supported architecture from a Hugging Face directory.
-pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
-    let start = Instant::now();
+/// The directory's `config.json`, parsed and checked against what the engine implements.
+pub(crate) fn read_dir_config(dir: &Path) -> Result<ModelConfig> {
     let config_path = dir.join("config.json");
     let json: Value = serde_json::from_slice(
         &std::fs::read(&config_path).with_context(|| format!("read {}", config_path.display()))?,
@@ -80,8 +79,13 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config = parse_hf_config(&json, name)
-        .with_context(|| format!("model config {}", config_path.display()))?;
+    parse_hf_config(&json, name).with_context(|| format!("model config {}", config_path.display()))
+}
+
+/// Loads a model of a supported architecture from a Hugging Face directory.
+pub fn load_hf_dir(dir: &Path) -> Result<ModelWeights> {
+    let start = Instant::now();
+    let config = read_dir_config(dir)?;
 
     let files = shard_files(dir)?;
     let maps = files

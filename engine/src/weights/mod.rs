@@ -220,6 +220,18 @@ impl ModelWeights {
     }
 }
 
+/// The model's hyper-parameters alone (GGUF header or `config.json`), checked like a full load
+/// checks them, without reading or dequantizing any tensor: what an API process needs.
+pub fn load_config(model_path: &Path) -> Result<ModelConfig> {
+    let meta = std::fs::metadata(model_path)
+        .with_context(|| format!("model path {}", model_path.display()))?;
+    if meta.is_dir() {
+        hf_dir::read_dir_config(model_path)
+    } else {
+        gguf_config::read_config(&gguf::GgufFile::open(model_path)?)
+    }
+}
+
 /// Loads a model from a GGUF file or a Hugging Face directory (config.json + safetensors).
 pub fn load(model_path: &Path) -> Result<ModelWeights> {
     let meta = std::fs::metadata(model_path)

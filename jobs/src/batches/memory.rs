@@ -85,6 +85,25 @@ impl BatchStore for MemoryBatchStore {
         Ok(found)
     }
 
+    async fn open(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, StoreError> {
+        let mut found: Vec<BatchRecord> = self
+            .lock()
+            .values()
+            .map(|(b, _)| b)
+            .filter(|b| {
+                super::lifecycle::OPEN.contains(&b.status) && after.is_none_or(|a| b.id > a)
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|b| b.id);
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn transition(
         &self,
         id: Uuid,

@@ -2,6 +2,7 @@
 //! row) per valid line linked to it by `batch_id` and the caller's `custom_id`, and the lines
 //! rejected while the upload was read. Progress is counted from the jobs themselves.
 
+pub mod lifecycle;
 mod memory;
 mod postgres;
 
@@ -173,6 +174,11 @@ pub trait BatchStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<BatchRecord>, StoreError>;
 
+    /// Batches still open to moves their jobs decide ([`lifecycle::OPEN`]: in progress,
+    /// finalizing, cancelling), oldest first, strictly after `after`.
+    async fn open(&self, after: Option<Uuid>, limit: usize)
+    -> Result<Vec<BatchRecord>, StoreError>;
+
     /// Moves the batch to `to` (stamping its timestamp, and `error` when given) if its status is
     /// one of `from`; `None` when it was not (someone else moved it first, or no such batch).
     async fn transition(
@@ -197,7 +203,10 @@ pub trait BatchStore: Send + Sync + 'static {
     async fn cancel_queued(&self, batch: Uuid, at: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Finished lines in custom_id order after `after`: the succeeded ones, or (with
-    /// `succeeded = false`) the failed, cancelled and expired ones.
+    /// `succeeded = false`) the failed, cancelled and expired ones. A line whose stored job
+    /// cannot be read back (a result that does not decode) is never a succeeded line: it comes
+    /// with the others as `failed`, its error saying why, so one bad row cannot break a
+    /// download or lose the lines after it.
     async fn results(
         &self,
         batch: Uuid,

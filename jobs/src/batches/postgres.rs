@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use scorer_protocol::job::JobRecord;
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
@@ -135,6 +135,28 @@ impl BatchStore for PostgresBatchStore {
         );
         sqlx::query(&sql)
             .bind(tenant)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    async fn open(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM batches WHERE status = ANY($1) \
+             AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        );
+        let open: Vec<&str> = super::lifecycle::OPEN.iter().map(|s| s.as_str()).collect();
+        sqlx::query(&sql)
+            .bind(open)
             .bind(after)
             .bind(limit as i64)
             .fetch_all(&self.pool)
@@ -316,37 +338,42 @@ impl BatchStore for PostgresBatchStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LineResult>, StoreError> {
-        let wanted = if succeeded {
-            "j.status = 'succeeded'"
-        } else {
-            "j.status IN ('failed', 'cancelled', 'expired')"
-        };
+        // Every finished line is read, and the ones wanted kept: whether a succeeded line's
+        // row decodes is only known here, and one that does not belongs to the error side.
         // The whole row as JSON decodes straight into a JobRecord (same field names and
         // lowercase enums), so this store needs no copy of the audit store's row mapping.
-        let sql = format!(
-            "SELECT j.custom_id, to_jsonb(j) - 'batch_id' - 'custom_id' AS job FROM jobs j \
-             WHERE j.batch_id = $1 AND {wanted} AND ($2::text IS NULL OR j.custom_id > $2) \
-             ORDER BY j.custom_id LIMIT $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(batch)
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let bad = |e: sqlx::Error| StoreError::corrupt("jobs row", e);
-                let job: serde_json::Value = row.try_get("job").map_err(bad)?;
-                let record: JobRecord =
-                    serde_json::from_value(job).map_err(|e| StoreError::corrupt("jobs row", e))?;
-                Ok(LineResult {
-                    custom_id: row.try_get("custom_id").map_err(bad)?,
-                    record,
-                })
-            })
-            .collect()
+        let sql = "SELECT j.custom_id, j.id, j.tenant, j.model, j.status, \
+             to_jsonb(j) - 'batch_id' - 'custom_id' AS job FROM jobs j \
+             WHERE j.batch_id = $1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'expired') \
+             AND ($2::text IS NULL OR j.custom_id > $2) ORDER BY j.custom_id LIMIT $3";
+        let mut found = Vec::new();
+        if limit == 0 {
+            return Ok(found);
+        }
+        let mut cursor = after.map(str::to_string);
+        loop {
+            let rows = sqlx::query(sql)
+                .bind(batch)
+                .bind(cursor.as_deref())
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let exhausted = rows.len() < limit;
+            for row in &rows {
+                let line = finished_line(row)?;
+                cursor = Some(line.custom_id.clone());
+                if (line.record.status == JobStatus::Succeeded) == succeeded {
+                    found.push(line);
+                    if found.len() == limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(found);
+            }
+        }
     }
 
     async fn line_errors(
@@ -376,4 +403,33 @@ impl BatchStore for PostgresBatchStore {
             })
             .collect()
     }
+}
+
+/// One finished line from its row. A row whose job does not decode becomes a failed line that
+/// says so (its id, tenant and model are plain columns, always readable).
+fn finished_line(row: &PgRow) -> Result<LineResult, StoreError> {
+    let bad = |e: sqlx::Error| StoreError::corrupt("jobs row", e);
+    let custom_id: String = row.try_get("custom_id").map_err(bad)?;
+    let job: serde_json::Value = row.try_get("job").map_err(bad)?;
+    let record = match serde_json::from_value::<JobRecord>(job) {
+        Ok(record) => record,
+        Err(e) => {
+            let id: Uuid = row.try_get("id").map_err(bad)?;
+            let status: String = row.try_get("status").map_err(bad)?;
+            tracing::warn!(job = %id, %custom_id, error = %e, "stored job does not decode");
+            let mut record = JobRecord::queued(
+                id,
+                row.try_get::<String, _>("tenant").map_err(bad)?,
+                JobKind::Async,
+                row.try_get::<String, _>("model").map_err(bad)?,
+                JobPriority::Bulk,
+            );
+            record.status = JobStatus::Failed;
+            record.error = Some(format!(
+                "the stored {status} job could not be read back: {e}"
+            ));
+            record
+        }
+    };
+    Ok(LineResult { custom_id, record })
 }

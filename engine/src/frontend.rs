@@ -1,0 +1,69 @@
+//! What an API process loads of a model: the tokenizer and the metadata that validation needs
+//! (vocabulary size, limits, special tokens), read from the GGUF header or `config.json`. No
+//! tensor is read, no weight dequantized, no PJRT plugin or client opened: an API replica costs
+//! a tokenizer's memory, not a model's (issue 14). Validation is the same function the engine
+//! uses ([`crate::scoring::prepare`]), so both sides refuse the same requests.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use scorer_protocol::{Preparer, ScoreJob, ScoreRequest, ValidationError};
+
+use crate::runtime::EngineConfig;
+use crate::scoring::{Limits, prepare};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{self, ModelConfig};
+
+pub struct Frontend {
+    model_id: String,
+    tokenizer: Arc<Tokenizer>,
+    config: ModelConfig,
+    limits: Limits,
+}
+
+impl Frontend {
+    /// Reads the tokenizer and the model's metadata of `cfg.model_path`; `cfg`'s device
+    /// settings are not used.
+    pub fn load(cfg: &EngineConfig) -> Result<Frontend> {
+        let started = Instant::now();
+        let tokenizer =
+            Arc::new(Tokenizer::for_model(&cfg.model_path).with_context(|| {
+                format!("loading the tokenizer of {}", cfg.model_path.display())
+            })?);
+        let config = weights::load_config(&cfg.model_path).with_context(|| {
+            format!("reading the model metadata of {}", cfg.model_path.display())
+        })?;
+        tracing::info!(model = %cfg.model_id, arch = %config.arch, vocab = config.vocab_size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tokenizer and model metadata loaded (no weights)");
+        Ok(Frontend {
+            model_id: cfg.model_id.clone(),
+            tokenizer,
+            config,
+            limits: cfg.limits,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl Preparer for Frontend {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
+        prepare(req, &self.tokenizer, self.config.vocab_size, &self.limits)
+    }
+}
