@@ -233,11 +233,7 @@ impl RerankTemplate {
         instruction: Option<&str>,
     ) -> Result<String, RerankTemplateError> {
         let p = self.prompts(query, &[document], instruction)?;
-        Ok(p.items
-            .into_iter()
-            .map(|i| format!("{}{i}", p.query))
-            .next()
-            .unwrap_or(p.query))
+        Ok(format!("{}{}", p.query, p.items.concat()))
     }
 
     fn instruction<'a>(&'a self, given: Option<&'a str>) -> Result<&'a str, RerankTemplateError> {
