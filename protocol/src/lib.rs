@@ -1,8 +1,10 @@
 //! Types shared by the API, the worker and the engine: the SGLang-compatible `/v1/score` request and
 //! response, the tokenized job the worker scores, and the backend trait the engine implements.
 
+pub mod chat;
 pub mod job;
 pub mod prepare;
+pub mod rerank;
 pub mod score;
 
 pub use prepare::Preparer;

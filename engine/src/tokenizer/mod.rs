@@ -239,6 +239,17 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without the special tokens the model adds (no BOS even where `encode`
+    /// adds one), as `tokenizer(text, add_special_tokens=False)`: for text that already carries its
+    /// special tokens, such as a rendered chat template.
+    pub fn encode_without_specials(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenize: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens included (transformers' `decode` default).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
