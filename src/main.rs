@@ -33,9 +33,11 @@ enum Command {
         /// Only these artifacts (`xla-cpu-pjrt` or a model alias); all of them when omitted.
         #[arg(long = "model", value_name = "ALIAS")]
         only: Vec<String>,
-        /// Only the PJRT plugin.
-        #[arg(long, conflicts_with = "only")]
-        plugin: bool,
+        /// Only a PJRT plugin: `cpu` (the default when the flag has no value) or `cuda13`
+        /// (jax-cuda13-pjrt and the NVIDIA runtime wheels it needs, pinned and checksummed).
+        #[arg(long, conflicts_with = "only", value_name = "NAME", num_args = 0..=1,
+            default_missing_value = "cpu")]
+        plugin: Option<String>,
         /// Cache directory (default ~/.cache/scorer).
         #[arg(long, env = "SCORER_HOME")]
         home: Option<PathBuf>,
@@ -100,9 +102,23 @@ struct EngineArgs {
     /// An alias (see `scorer fetch`), a GGUF path, a Hugging Face directory, or a hub id.
     #[arg(long, env = "SCORER_MODEL", default_value = home::DEFAULT_MODEL)]
     model: String,
-    /// The PJRT plugin shared library (default: the fetched CPU plugin).
+    /// The PJRT plugin: a shared library path, or a name found in SCORER_HOME or the Python
+    /// environment (`cpu`, `cuda13`, `cuda12`, `tpu`); default: the fetched CPU plugin.
     #[arg(long, env = "SCORER_PJRT_PLUGIN")]
-    pjrt_plugin: Option<PathBuf>,
+    pjrt_plugin: Option<String>,
+    /// GPU plugins: the fraction of device memory the allocator may take (0, 1].
+    #[arg(long, env = "SCORER_GPU_MEMORY_FRACTION")]
+    gpu_memory_fraction: Option<f32>,
+    /// GPU plugins: reserve the allocator's memory at start (true) or grow on demand (false).
+    #[arg(long, env = "SCORER_GPU_PREALLOCATE")]
+    gpu_preallocate: Option<bool>,
+    /// GPU plugins: the allocator (`default`, `bfc`, `cuda`, `platform`).
+    #[arg(long, env = "SCORER_GPU_ALLOCATOR")]
+    gpu_allocator: Option<scorer_engine::pjrt::GpuAllocator>,
+    /// Any other plugin client option, `name:type=value` (type `str`, `int`, `float`, `bool`);
+    /// repeatable.
+    #[arg(long = "pjrt-option", value_name = "NAME:TYPE=VALUE")]
+    pjrt_options: Vec<String>,
     /// Weight precision on the device: f32 (default) or bf16 (half the weight memory; compute
     /// stays f32).
     #[arg(long, env = "SCORER_DTYPE", default_value = "f32", value_parser = parse_dtype)]
@@ -306,7 +322,16 @@ impl EngineArgs {
         let path = home::resolve_model(&self.model)?;
         let mut cfg = EngineConfig::new(path, self.model.clone());
         if let Some(plugin) = &self.pjrt_plugin {
-            cfg.plugin_path = plugin.clone();
+            cfg.plugin_path = scorer_engine::pjrt::discover::resolve_plugin(plugin)?;
+        }
+        let options = &mut cfg.client_options;
+        if let Some(f) = self.gpu_memory_fraction {
+            options.set_gpu_memory_fraction(f)?;
+        }
+        options.gpu_preallocate = self.gpu_preallocate;
+        options.gpu_allocator = self.gpu_allocator;
+        for flag in &self.pjrt_options {
+            options.push_flag(flag)?;
         }
         cfg.dtype = self.dtype;
         cfg.device = self.device;
@@ -336,11 +361,11 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Fetch { only, plugin, home } => {
             let home = home.unwrap_or_else(home::scorer_home);
-            let only = if plugin {
-                vec![fetch::PLUGIN_ALIAS.to_string()]
-            } else {
-                only
-            };
+            if let Some(name) = plugin {
+                let (outcome, path) = scorer::plugins::fetch_plugin(&home, &name)?;
+                println!("{name}: {outcome:?} ({})", path.display());
+                return Ok(());
+            }
             for (alias, outcome) in fetch::fetch(&home, &only)? {
                 println!("{alias}: {outcome:?}");
             }
