@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{SMOL, SMOL_NO, SMOL_YES};
+use scorer_testkit::process::{free_port, log_tail, port_open, wait_port, with_database};
+use scorer_testkit::{amqp_url, database_url, redis_url};
 use reqwest::StatusCode;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_jobs::{AmqpQueue, AmqpTopology, JobQueue};
@@ -42,34 +44,6 @@ const MAX_ATTEMPTS: usize = KILLS + 1;
 const DEADLINE: Duration = Duration::from_secs(600);
 const TERMINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "expired"];
 
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_string())
-}
-
-fn amqp_url() -> String {
-    env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
-}
-
-fn redis_url() -> String {
-    env_or("REDIS_URL", "redis://127.0.0.1:6379")
-}
-
-fn database_url() -> String {
-    env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (without_query, query) = match url.split_once('?') {
-        Some((u, q)) => (u, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let (server, _) = without_query
-        .rsplit_once('/')
-        .expect("DATABASE_URL names a database");
-    format!("{server}/{db}{query}")
-}
-
 /// The distinct requests; job `i` sends `inputs()[i % len]`. Short prompts and one or two items
 /// keep 1,000 jobs cheap on SmolLM2-135M.
 fn inputs() -> Vec<Value> {
@@ -92,33 +66,6 @@ fn inputs() -> Vec<Value> {
             })
         })
         .collect()
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(500),
-    )
-    .is_ok()
-}
-
-async fn wait_port(port: u16, open: bool, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while port_open(port) != open {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: port {port} still {} after {within:?}",
-            if open { "closed" } else { "open" }
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Runs a service command, failing the test with its output if it fails.
@@ -151,12 +98,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 struct Deployment {

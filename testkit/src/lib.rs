@@ -4,6 +4,8 @@
 //! its own because the harness composes the API with workers, which the API crate itself must
 //! not depend on.
 
+pub mod batches;
+pub mod process;
 pub mod proxy;
 pub mod service;
 
