@@ -156,3 +156,47 @@ fn qwen2_bf16_matches_hugging_face_bf16() {
 fn llama_bf16_matches_hugging_face_bf16() {
     check("smollm2-135m-instruct-q4_1");
 }
+
+/// The bodies of `tests/score_api.rs::test_score_numerical_stability` (plan 1.1: within 1e-2 of
+/// f32, both output modes), scored by the f32, bf16 and bf16-storage engines. `bf16-storage` is
+/// held to 1e-2 of f32 (what that test checks); `bf16` is printed: its bf16 matmul inputs drift
+/// 1.85e-2 from f32 on these near-even Yes/No softmaxes, and it is held to HF bf16 above.
+#[test]
+fn qwen2_bf16_storage_stays_within_1e2_of_f32() {
+    let alias = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+    let gold = read_json(&format!("{alias}.json"));
+    let (yes, no) = (gold["yes_id"].clone(), gold["no_id"].clone());
+    let bodies: Vec<ScoreRequest> = [true, false]
+        .iter()
+        .map(|&apply_softmax| {
+            serde_json::from_value(serde_json::json!({
+                "query": "Is the following a fruit? Answer Yes or No:",
+                "items": [" apple", " truck"],
+                "label_token_ids": [yes, no], "apply_softmax": apply_softmax}))
+            .expect("request")
+        })
+        .collect();
+    let run = |dtype: DType| -> Vec<Vec<Vec<f64>>> {
+        let e = engine(alias, dtype);
+        bodies
+            .iter()
+            .map(|b| e.score(b).expect("score").scores)
+            .collect()
+    };
+    let f32s = run(DType::F32);
+    for dtype in [DType::BF16, DType::BF16Storage] {
+        let got = run(dtype);
+        let diff = got
+            .iter()
+            .zip(&f32s)
+            .map(|(g, f)| worst(g, f))
+            .fold(0.0, f64::max);
+        eprintln!(
+            "[bf16] {alias} {} vs f32 on the stability bodies: {diff:.2e}",
+            dtype.as_str()
+        );
+        if dtype == DType::BF16Storage {
+            assert!(diff <= BF16_TOLERANCE, "bf16-storage vs f32: {diff}");
+        }
+    }
+}
