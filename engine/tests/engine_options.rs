@@ -4,7 +4,6 @@
 use scorer_engine::home;
 use scorer_engine::pjrt::ClientOptions;
 use scorer_engine::runtime::{Engine, EngineConfig};
-use scorer_protocol::ScoreBackend;
 
 const ALIAS: &str = "smollm2-135m-instruct-q4_1";
 
