@@ -200,3 +200,8 @@ fn qwen2_bf16_storage_stays_within_1e2_of_f32() {
         }
     }
 }
+
+#[test]
+fn gemma3_bf16_matches_hugging_face_bf16() {
+    check("gemma-3-270m-q4_k_m");
+}

@@ -12,8 +12,8 @@ against the float32 golden, so both files describe the same requests.
 
 `engine/tests/bf16_compute.rs` holds the engine's `--dtype bf16` within 1e-2 of these scores.
 
-Run (see README.md): python3 tests/reference/hf_bf16.py [--only ALIAS]... (~2 min on 2 cores without
-Gemma; --only keeps the other models' entries of an existing file).
+Run (see README.md): python3 tests/reference/hf_bf16.py [--only ALIAS]... (~6 min on 2 busy cores for
+the three models; --only keeps the other models' entries of an existing file).
 """
 
 from __future__ import annotations
