@@ -19,7 +19,7 @@ use scorer_protocol::{
 use crate::coalesce::{PrefixGroup, group_by_prefix};
 use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
-use crate::pjrt::{Client, Plugin};
+use crate::pjrt::{Client, ClientOptions, Plugin};
 use crate::prefix_cache::PrefixCache;
 use crate::scoring::{Limits, RowValues, finish_row, prepare};
 use crate::tokenizer::Tokenizer;
@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// The name answered in responses and `/v1/models`.
     pub model_id: String,
     pub plugin_path: PathBuf,
+    /// Plugin-specific options for `PJRT_Client_Create` (GPU allocator settings, typed extras);
+    /// empty: the plugin's defaults.
+    pub client_options: ClientOptions,
     pub dtype: DType,
     /// Which of the plugin's addressable devices holds the weights.
     pub device: usize,
@@ -60,6 +63,7 @@ impl EngineConfig {
             model_path,
             model_id,
             plugin_path: crate::pjrt::default_plugin_path(),
+            client_options: ClientOptions::default(),
             dtype: DType::F32,
             device: 0,
             limits: Limits::default(),
@@ -225,7 +229,15 @@ fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model
     let started = Instant::now();
     let plugin = Plugin::load(&cfg.plugin_path)
         .with_context(|| format!("loading the PJRT plugin {}", cfg.plugin_path.display()))?;
-    let client = Client::new(&plugin).context("creating the PJRT client")?;
+    let client = Client::with_client_options(&plugin, &cfg.client_options)
+        .with_context(|| format!("creating the PJRT client (options: {})", cfg.client_options))?;
+    if cfg.client_options.has_gpu_options() {
+        let platform = client.platform_name().unwrap_or_default();
+        if !matches!(platform.as_str(), "cuda" | "gpu" | "rocm") {
+            tracing::warn!(%platform, options = %cfg.client_options,
+                "GPU client options given to a non-GPU plugin, which ignores them");
+        }
+    }
     let mut model =
         Model::load(client, &host, cfg.dtype, cfg.device).context("uploading the weights")?;
     model.set_max_tokens(cfg.max_batch_tokens);

@@ -207,9 +207,10 @@ pub(crate) struct ParamSpec {
 }
 
 pub(crate) fn matrix_elem(dtype: DType) -> ElemType {
-    match dtype {
-        DType::F32 => ElemType::F32,
-        DType::BF16 => ElemType::BF16,
+    if dtype.bf16_weights() {
+        ElemType::BF16
+    } else {
+        ElemType::F32
     }
 }
 

@@ -53,6 +53,10 @@ pub(crate) struct ProgramSpec {
     pub cache: i64,
 }
 
+/// Whether `--dtype bf16` also feeds the attention dots bf16 (q, k, probabilities, v), as a
+/// GPU's fused attention does.
+const BF16_ATTENTION_DOTS: bool = true;
+
 /// Masked attention scores get this instead of -inf, so a fully masked
 /// (padding) row stays finite: its probabilities then multiply zeros, never NaN.
 const MASKED: f64 = -1e30;
@@ -66,7 +70,11 @@ fn missing(what: impl std::fmt::Debug) -> HloError {
 
 struct Ctx<'a> {
     d: &'a Dims,
+    /// Element type of the inputs of every dot (weight matmuls, the head, and the attention
+    /// dots when `attn_mat` says so); results are f32 whatever it is.
     mat: ElemType,
+    /// Element type of the inputs of the two attention dots (`q·kᵀ`, `p·v`).
+    attn_mat: ElemType,
     precision: Precision,
     tokens: i64,
 }
@@ -113,10 +121,11 @@ impl LayerParams {
 }
 
 impl Ctx<'_> {
-    /// `x [.., K] @ w^T` for `w [N, K]` (HF orientation), `x` cast to the matrix type; f32 result.
+    /// `x [.., K] @ w^T` for `w [N, K]` (HF orientation), `x` cast to the matrix type right
+    /// before the dot; f32 accumulation and result. With `--dtype bf16-storage` bf16 weights
+    /// are widened here instead (`mat` is f32).
     fn matmul(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> HloResult<Value> {
         let xc = b.convert(x, self.mat);
-        // bf16 weights are widened on the device: storage halves, accuracy stays near f32.
         let wc = b.convert(w, self.mat);
         let last = x.rank() as i64 - 1;
         b.dot_general(
@@ -257,8 +266,8 @@ impl Ctx<'_> {
             None => (k.clone(), v.clone()),
         };
         let kv_len = k_all.dims()[1];
-        let qc = b.convert(&q, self.mat);
-        let kc = b.convert(&k_all, self.mat);
+        let qc = b.convert(&q, self.attn_mat);
+        let kc = b.convert(&k_all, self.attn_mat);
         let scores = b.dot_general(
             &qc,
             &kc,
@@ -274,8 +283,8 @@ impl Ctx<'_> {
         let scores = b.select(&mask4, &scores, &neg)?;
         let probs = b.softmax_last(&scores)?;
         let probs = b.reshape(&probs, &[nkv, g * t, kv_len])?;
-        let pc = b.convert(&probs, self.mat);
-        let vc = b.convert(&v_all, self.mat);
+        let pc = b.convert(&probs, self.attn_mat);
+        let vc = b.convert(&v_all, self.attn_mat);
         let ctxv = b.dot_general(
             &pc,
             &vc,
@@ -314,12 +323,22 @@ pub(crate) fn build_program(spec: &ProgramSpec) -> Result<String> {
 fn build(spec: &ProgramSpec) -> HloResult<String> {
     let d = &spec.dims;
     let (t, s, l) = (spec.tokens, spec.scores, spec.labels);
+    // `--dtype bf16`: bf16 dot inputs, f32 accumulation (the dots' f32 result type); the
+    // residual stream, norms, RoPE, softmax, logsumexp and soft-caps stay f32 in every dtype.
+    let (mat, precision) = if spec.dtype.bf16_compute() {
+        (ElemType::BF16, Precision::Default)
+    } else {
+        (ElemType::F32, Precision::Highest)
+    };
     let ctx = Ctx {
         d,
-        // Activations and accumulation stay f32 for both dtypes: with bf16 activations the
-        // Qwen scores drift ~2e-2 from f32 across 24 layers, over the 1e-2 the tests hold.
-        mat: ElemType::F32,
-        precision: Precision::Highest,
+        mat,
+        attn_mat: if BF16_ATTENTION_DOTS {
+            mat
+        } else {
+            ElemType::F32
+        },
+        precision,
         tokens: t,
     };
     let mut b = FuncBuilder::new();
