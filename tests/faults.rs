@@ -10,18 +10,18 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{SMOL, SMOL_NO, SMOL_YES};
-use scorer_testkit::process::{free_port, log_tail, port_open, wait_port, with_database};
-use scorer_testkit::{amqp_url, database_url, redis_url};
 use reqwest::StatusCode;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_jobs::{AmqpQueue, AmqpTopology, JobQueue};
+use scorer_testkit::process::{free_port, log_tail, port_open, wait_port, with_database};
+use scorer_testkit::{amqp_url, database_url, redis_url};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;

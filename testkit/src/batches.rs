@@ -163,4 +163,3 @@ pub async fn audit_rows(batch: &str) -> Vec<(String, String, String)> {
     .await
     .expect("audit rows")
 }
-

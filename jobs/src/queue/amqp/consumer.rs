@@ -63,7 +63,10 @@ pub(super) struct LiveOwn {
     republish: Channel,
 }
 
-pub(super) async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consumer, StoreError> {
+pub(super) async fn start_consumer(
+    channel: &Channel,
+    queue: &str,
+) -> Result<lapin::Consumer, StoreError> {
     channel
         .basic_consume(
             queue.into(),
