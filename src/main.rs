@@ -119,8 +119,8 @@ struct EngineArgs {
     /// repeatable.
     #[arg(long = "pjrt-option", value_name = "NAME:TYPE=VALUE")]
     pjrt_options: Vec<String>,
-    /// Weight precision on the device: f32 (default) or bf16 (half the weight memory; compute
-    /// stays f32).
+    /// Precision: f32 (default); bf16 (bf16 weights and matmul inputs, f32 accumulation — for
+    /// GPUs/TPUs); bf16-storage (bf16 weights, f32 compute — half the memory on a CPU).
     #[arg(long, env = "SCORER_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
     /// Which of the plugin's devices holds the weights.

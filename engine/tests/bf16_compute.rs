@@ -205,3 +205,20 @@ fn qwen2_bf16_storage_stays_within_1e2_of_f32() {
 fn gemma3_bf16_matches_hugging_face_bf16() {
     check("gemma-3-270m-q4_k_m");
 }
+
+#[test]
+fn dtype_spellings() {
+    for (s, d) in [
+        ("f32", DType::F32),
+        ("bf16", DType::BF16),
+        ("BF16", DType::BF16),
+        ("bf16-storage", DType::BF16Storage),
+    ] {
+        assert_eq!(DType::parse(s).expect(s), d);
+        assert_eq!(DType::parse(d.as_str()).expect("round trip"), d);
+    }
+    let err = DType::parse("fp8").unwrap_err().to_string();
+    assert!(err.contains("bf16-storage"), "{err}");
+    assert!(DType::BF16.bf16_compute() && !DType::BF16Storage.bf16_compute());
+    assert!(DType::BF16Storage.bf16_weights() && !DType::F32.bf16_weights());
+}

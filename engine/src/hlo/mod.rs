@@ -9,6 +9,7 @@ mod builder;
 mod composite;
 mod literal;
 mod ops;
+mod structured;
 mod types;
 
 pub use builder::FuncBuilder;
