@@ -12,7 +12,9 @@ use scorer_api::{AuthMode, ServiceConfig};
 use scorer_engine::frontend::Frontend;
 use scorer_engine::model::DType;
 use scorer_engine::runtime::{Engine, EngineConfig};
-use scorer_protocol::{Items, LabelIds, Preparer, ScoreBackend, ScoreRequest, TextOrTokens};
+use scorer_protocol::{
+    Items, LabelIds, Limits, Preparer, ScoreBackend, ScoreRequest, TextOrTokens,
+};
 use scorer_worker::WorkerConfig;
 
 #[derive(Parser)]
@@ -130,6 +132,20 @@ struct EngineArgs {
     #[arg(long, env = "SCORER_PREFIX_CACHE_MB",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_CACHE_BYTES >> 20)]
     prefix_cache_mb: u64,
+    /// Items in one request (400 beyond).
+    #[arg(long, env = "SCORER_MAX_ITEMS", default_value_t = Limits::default().max_items)]
+    max_items: usize,
+    /// Tokens in one prompt, query and item together (400 beyond).
+    #[arg(long, env = "SCORER_MAX_PROMPT_TOKENS",
+        default_value_t = Limits::default().max_prompt_tokens)]
+    max_prompt_tokens: usize,
+    /// Tokens over all prompts of one request (400 beyond).
+    #[arg(long, env = "SCORER_MAX_REQUEST_TOKENS",
+        default_value_t = Limits::default().max_request_tokens)]
+    max_request_tokens: usize,
+    /// Label ids per item (400 beyond).
+    #[arg(long, env = "SCORER_MAX_LABELS", default_value_t = Limits::default().max_labels)]
+    max_labels: usize,
     /// Shortest shared token prefix worth coalescing jobs on or caching (0: off).
     #[arg(long, env = "SCORER_PREFIX_MIN_TOKENS",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_MIN_TOKENS)]
@@ -247,11 +263,7 @@ impl ServiceArgs {
         cfg.stores.amqp_url = self.amqp_url.clone().filter(|u| !u.is_empty());
         cfg.stores.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         cfg.stores.database_url = self.database_url.clone().filter(|u| !u.is_empty());
-        // One set of numbers: the engine validates them; the API reports them.
-        cfg.limits.max_body_bytes = self.max_body_bytes;
-        cfg.limits.max_items = engine.limits.max_items;
-        cfg.limits.max_prompt_tokens = engine.limits.max_prompt_tokens;
-        cfg.limits.max_request_tokens = engine.limits.max_request_tokens;
+        cfg.max_body_bytes = self.max_body_bytes;
         let mut worker = WorkerConfig {
             max_batch_tokens: engine.max_batch_tokens,
             ..WorkerConfig::default()
@@ -335,6 +347,12 @@ impl EngineArgs {
         }
         cfg.dtype = self.dtype;
         cfg.device = self.device;
+        cfg.limits = Limits {
+            max_items: self.max_items,
+            max_prompt_tokens: self.max_prompt_tokens,
+            max_request_tokens: self.max_request_tokens,
+            max_labels: self.max_labels,
+        };
         cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
         cfg.prefix_min_tokens = self.prefix_min_tokens;
         cfg.compile_cache = Some(scorer_engine::home::executable_cache());

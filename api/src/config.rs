@@ -46,31 +46,6 @@ impl AuthMode {
     }
 }
 
-/// Request size limits. Bodies over `max_body_bytes`, and requests over any of the others, are
-/// answered 413.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Bytes of request body (default 4 MiB).
-    pub max_body_bytes: usize,
-    /// Items in one request (default 1,024).
-    pub max_items: usize,
-    /// Tokens in one prompt, query and item together (default 8,192).
-    pub max_prompt_tokens: usize,
-    /// Tokens over all prompts of one request (default 131,072).
-    pub max_request_tokens: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 4 << 20,
-            max_items: 1024,
-            max_prompt_tokens: 8192,
-            max_request_tokens: 131_072,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// `--listen` / `SCORER_LISTEN`.
@@ -78,7 +53,9 @@ pub struct ServiceConfig {
     pub stores: StoreUrls,
     /// Prefix of the AMQP exchanges and queues and of the Redis keys.
     pub namespace: String,
-    pub limits: Limits,
+    /// Largest request body in bytes (`--max-body-bytes`): 413 beyond. The limits on what a
+    /// request asks for (items, tokens, labels) are the engine's (`scorer_protocol::Limits`).
+    pub max_body_bytes: usize,
     /// Connections, idle and read timeouts of the HTTP server.
     pub http: HttpLimits,
     /// How long `POST /v1/score` waits for its result when the caller does not say (default 60 s).
@@ -157,7 +134,7 @@ impl Default for ServiceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             stores: StoreUrls::default(),
             namespace: "scorer".to_string(),
-            limits: Limits::default(),
+            max_body_bytes: 4 << 20,
             http: HttpLimits::default(),
             sync_timeout: Duration::from_secs(60),
             max_sync_timeout: Duration::from_secs(300),

@@ -30,7 +30,7 @@ pub enum ApiError {
     /// 409: idempotency key reused with another body; cancelling a job that already ran.
     #[error("{0}")]
     Conflict(String),
-    /// 413: body, items or tokens over the configured limits.
+    /// 413: the body is over `--max-body-bytes` (items and tokens over their limits are 400).
     #[error("{0}")]
     TooLarge(String),
     /// 429: the model's queue is over its bound.

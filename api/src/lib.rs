@@ -17,7 +17,7 @@ mod server;
 mod state;
 mod submit;
 
-pub use config::{AuthMode, BatchConfig, Limits, ServiceConfig, StoreUrls};
+pub use config::{AuthMode, BatchConfig, ServiceConfig, StoreUrls};
 pub use connect::{announce_auth, connect_stores, migrate};
 pub use error::{ApiError, ErrorBody};
 pub use locality::{Locality, LocalityConfig, rendezvous};
@@ -95,7 +95,7 @@ pub async fn build_app(state: AppState) -> Router {
     // Install the recorder before the first request records anything.
     let _ = metrics::handle();
     routes::batches::lifecycle::spawn_sweeper(&state);
-    let body_limit = state.config.limits.max_body_bytes;
+    let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/score", post(routes::score::score))
         .route("/v1/score/jobs", post(routes::jobs::submit))

@@ -20,7 +20,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use scorer_jobs::{Inserted, StoreError};
 use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, locality_key, now_millis};
-use scorer_protocol::{DEFAULT_MODEL_NAME, Items, ScoreJob, ScoreRequest, refuse_nul_in_json};
+use scorer_protocol::{DEFAULT_MODEL_NAME, ScoreJob, ScoreRequest, refuse_nul_in_json};
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState, deadline};
@@ -34,7 +34,7 @@ pub fn body_bytes(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(
                 "request body is larger than the limit of {} bytes",
-                state.config.limits.max_body_bytes
+                state.config.max_body_bytes
             ))
         } else {
             ApiError::BadRequest(rejection.body_text())
@@ -64,40 +64,13 @@ pub fn check_model(state: &AppState, req: &ScoreRequest) -> Result<(), ApiError>
     }
 }
 
-/// Validates and tokenizes on a blocking thread, with the size limits around it.
+/// Validates and tokenizes on a blocking thread. The limits on items and tokens are checked by
+/// that validation (`scorer_protocol::Limits`: 400 naming the limit), not here.
 pub async fn prepare(state: &AppState, req: ScoreRequest) -> Result<ScoreJob, ApiError> {
-    let limits = &state.config.limits;
-    let items = match &req.items {
-        None => 0,
-        Some(Items::One(_)) => 1,
-        Some(Items::Texts(v)) => v.len(),
-        Some(Items::Tokens(v)) => v.len(),
-    };
-    if items > limits.max_items {
-        return Err(ApiError::TooLarge(format!(
-            "{items} items is over the limit of {} items per request",
-            limits.max_items
-        )));
-    }
     let backend = state.backend.clone();
     let job = tokio::task::spawn_blocking(move || backend.prepare(&req))
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizer crashed: {e}")))??;
-    if let Some(longest) = job.prompts.iter().map(Vec::len).max()
-        && longest > limits.max_prompt_tokens
-    {
-        return Err(ApiError::TooLarge(format!(
-            "a prompt of {longest} tokens is over the limit of {} tokens per prompt",
-            limits.max_prompt_tokens
-        )));
-    }
-    let total = job.prompt_tokens();
-    if total > limits.max_request_tokens {
-        return Err(ApiError::TooLarge(format!(
-            "{total} prompt tokens is over the limit of {} tokens per request",
-            limits.max_request_tokens
-        )));
-    }
     Ok(job)
 }
 

@@ -158,7 +158,7 @@ async fn tenant_bound_answers_429(backing: Backing) {
 /// Deeply nested JSON is refused with 400 (serde_json's recursion limit, not a stack overflow),
 /// an oversized body with 413, and the server carries on.
 async fn hostile_json_is_refused(backing: Backing) {
-    let mut h = Harness::start(backing, |c| c.limits.max_body_bytes = 1 << 20).await;
+    let mut h = Harness::start(backing, |c| c.max_body_bytes = 1 << 20).await;
     h.start_worker();
     let depth = 200_000;
     let nested = format!(

@@ -350,36 +350,34 @@ async fn validation_errors(backing: Backing) {
     h.finish().await;
 }
 
-async fn limits_answer_413(backing: Backing) {
-    let h = Harness::start(backing, |c| {
-        c.limits.max_body_bytes = 2048;
-        c.limits.max_items = 4;
-        c.limits.max_prompt_tokens = 64;
-    })
-    .await;
-    let big = json!({"query": "x".repeat(4096), "items": ["a"], "label_token_ids": [1]});
+/// The body size is the transport's limit (413); what the request asks for — items, tokens per
+/// prompt — is validated against the engine's `Limits` (400 naming the limit): decided once, in
+/// `scorer_protocol::limits`.
+async fn limits_answer_413_and_400(backing: Backing) {
+    let h = Harness::start(backing, |c| c.max_body_bytes = 64 << 10).await;
+    let big = json!({"query": "x".repeat(100 << 10), "items": ["a"], "label_token_ids": [1]});
     for path in ["/v1/score", "/v1/score/jobs"] {
         let (status, _, err) = h.post(path, &big).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {err}");
         assert_error(&err, 413, "RequestTooLargeError");
     }
-    let many = json!({"query": "q", "items": ["a", "b", "c", "d", "e"], "label_token_ids": [1]});
-    let (status, _, err) = h.post("/v1/score", &many).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
-    assert!(
-        err["message"].as_str().expect("msg").contains("items"),
-        "{err}"
-    );
-    let long = json!({"query": "word ".repeat(100), "items": ["a"], "label_token_ids": [1]});
-    let (status, _, err) = h.post("/v1/score", &long).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
-    assert!(
-        err["message"]
-            .as_str()
-            .expect("msg")
-            .contains("tokens per prompt"),
-        "{err}"
-    );
+    let limits = scorer_protocol::Limits::default();
+    let items: Vec<String> = (0..=limits.max_items).map(|i| format!(" {i}")).collect();
+    let many = json!({"query": "q", "items": items, "label_token_ids": [1]});
+    let long = json!({
+        "query": "word ".repeat(limits.max_prompt_tokens + 10), "items": ["a"], "label_token_ids": [1]
+    });
+    for path in ["/v1/score", "/v1/score/jobs"] {
+        let (status, _, err) = h.post(path, &many).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");
+        assert_error(&err, 400, "BadRequestError");
+        let msg = err["message"].as_str().expect("msg");
+        assert!(msg.contains("items"), "{err}");
+        let (status, _, err) = h.post(path, &long).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");
+        let msg = err["message"].as_str().expect("msg");
+        assert!(msg.contains("tokens"), "{err}");
+    }
     h.finish().await;
 }
 
@@ -585,7 +583,7 @@ on_both!(
     deadline_then_retrieval,
     webhook_delivered,
     validation_errors,
-    limits_answer_413,
+    limits_answer_413_and_400,
     queue_bound_answers_429,
     meta_endpoints,
     graceful_shutdown_drains,

@@ -8,30 +8,7 @@ use scorer_protocol::{ScoreJob, ScoreRequest, ValidatedInput, ValidationError};
 
 use crate::tokenizer::Tokenizer;
 
-/// Request limits, explicit and documented (docs/API.md). A request over a limit gets a 400 that
-/// names the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Items in one request.
-    pub max_items: usize,
-    /// Tokens in one prompt (query + item).
-    pub max_prompt_tokens: usize,
-    /// Tokens over all prompts of one request.
-    pub max_request_tokens: usize,
-    /// Label ids per item.
-    pub max_labels: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_items: 1024,
-            max_prompt_tokens: 2048,
-            max_request_tokens: 262_144,
-            max_labels: 128,
-        }
-    }
-}
+pub use scorer_protocol::Limits;
 
 /// Validates and tokenizes a request. `vocab_size` is the model's (embedding rows), which bounds
 /// every id the request may name.

@@ -3,10 +3,12 @@
 
 pub mod chat;
 pub mod job;
+pub mod limits;
 pub mod prepare;
 pub mod rerank;
 pub mod score;
 
+pub use limits::Limits;
 pub use prepare::Preparer;
 
 pub use score::{

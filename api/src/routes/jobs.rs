@@ -51,7 +51,7 @@ pub struct JobRequest {
         (status = 401, description = "Missing or invalid API key", body = crate::ErrorBody),
         (status = 404, description = "Unknown model", body = crate::ErrorBody),
         (status = 409, description = "Idempotency key reused with another body", body = crate::ErrorBody),
-        (status = 413, description = "Over the limits", body = crate::ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes", body = crate::ErrorBody),
         (status = 429, description = "Queue, tenant or API key over its bound; see Retry-After", body = crate::ErrorBody),
         (status = 503, description = "A dependency is down", body = crate::ErrorBody),
     )

@@ -31,7 +31,7 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout";
         (status = 400, description = "Invalid request (SGLang's messages)", body = crate::ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = crate::ErrorBody),
         (status = 404, description = "Unknown model", body = crate::ErrorBody),
-        (status = 413, description = "Body, items or tokens over the limits", body = crate::ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes", body = crate::ErrorBody),
         (status = 429, description = "Queue, tenant or API key over its bound; see Retry-After", body = crate::ErrorBody),
         (status = 503, description = "A dependency is down", body = crate::ErrorBody),
         (status = 504, description = "Deadline passed; the job goes on (see Location)", body = crate::ErrorBody),

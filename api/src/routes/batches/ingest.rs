@@ -172,7 +172,7 @@ impl<'a> Ingest<'a> {
             self.abort(too_large(self.state).to_string()).await;
             return Err(too_large(self.state));
         }
-        let max_line = self.state.config.limits.max_body_bytes;
+        let max_line = self.state.config.max_body_bytes;
         let mut rest = chunk;
         while !rest.is_empty() {
             let (piece, ended) = match rest.iter().position(|&b| b == b'\n') {
@@ -202,7 +202,7 @@ impl<'a> Ingest<'a> {
         self.line += 1;
         let text = std::mem::take(&mut self.partial);
         if std::mem::take(&mut self.overlong) {
-            let max = self.state.config.limits.max_body_bytes;
+            let max = self.state.config.max_body_bytes;
             self.reject(
                 None,
                 format!("the line is longer than the limit of {max} bytes"),
