@@ -21,7 +21,9 @@ use reqwest::StatusCode;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_jobs::{AmqpQueue, AmqpTopology, JobQueue};
 use scorer_testkit::process::{free_port, log_tail, port_open, wait_port, with_database};
-use scorer_testkit::{amqp_url, database_url, redis_url};
+use scorer_testkit::{
+    amqp_url, assert_same_scores_of as assert_same_scores, database_url, redis_url,
+};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -379,24 +381,6 @@ fn reference_scores(inputs: &[Value]) -> Vec<Value> {
             serde_json::to_value(engine.score(&req).expect("engine scores")).expect("json")
         })
         .collect()
-}
-
-fn assert_same_scores(got: &Value, want: &Value, what: &str) {
-    assert_eq!(got["usage"], want["usage"], "{what}: {got} vs {want}");
-    assert_eq!(got["model"], want["model"], "{what}: {got} vs {want}");
-    let rows = |v: &Value| -> Vec<Vec<f64>> {
-        serde_json::from_value(v["scores"].clone()).expect("scores")
-    };
-    let (g, w) = (rows(got), rows(want));
-    assert_eq!(g.len(), w.len(), "{what}: {got} vs {want}");
-    for (gr, wr) in g.iter().zip(&w) {
-        assert_eq!(gr.len(), wr.len(), "{what}: {got} vs {want}");
-        for (a, b) in gr.iter().zip(wr) {
-            // Batched with other jobs, a pass sums in another order (a few 1e-6); 1e-4 is the
-            // project's packed-vs-alone bar.
-            assert!((a - b).abs() <= 1e-4, "{what}: {got} vs {want}");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

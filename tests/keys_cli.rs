@@ -3,12 +3,8 @@
 
 use std::process::{Command, Output};
 
+use scorer_testkit::database_url;
 use serde_json::Value;
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 fn keys(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scorer"))

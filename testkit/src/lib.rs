@@ -5,6 +5,8 @@
 //! not depend on.
 
 pub mod batches;
+pub mod engine;
+pub mod jobs;
 pub mod process;
 pub mod proxy;
 pub mod service;

@@ -321,20 +321,25 @@ pub async fn direct(engine: &Arc<Engine>, body: &Value) -> Value {
 /// Two scoring responses agree: same shape, model and usage, scores within 1e-6 (the engine may
 /// batch a job with others, which can move the last bits).
 pub fn assert_same_scores(got: &Value, want: &Value) {
-    assert_eq!(got["model"], want["model"], "{got} vs {want}");
-    assert_eq!(got["usage"], want["usage"], "{got} vs {want}");
-    assert_eq!(got["object"], want["object"], "{got} vs {want}");
+    assert_same_scores_of(got, want, "response");
+}
+
+/// [`assert_same_scores`], naming what is compared in the failure message.
+pub fn assert_same_scores_of(got: &Value, want: &Value, what: &str) {
+    assert_eq!(got["model"], want["model"], "{what}: {got} vs {want}");
+    assert_eq!(got["usage"], want["usage"], "{what}: {got} vs {want}");
+    assert_eq!(got["object"], want["object"], "{what}: {got} vs {want}");
     let rows = |v: &Value| -> Vec<Vec<f64>> {
         serde_json::from_value(v["scores"].clone()).expect("scores")
     };
     let (g, w) = (rows(got), rows(want));
-    assert_eq!(g.len(), w.len(), "{got} vs {want}");
+    assert_eq!(g.len(), w.len(), "{what}: {got} vs {want}");
     for (gr, wr) in g.iter().zip(&w) {
-        assert_eq!(gr.len(), wr.len(), "{got} vs {want}");
+        assert_eq!(gr.len(), wr.len(), "{what}: {got} vs {want}");
         for (a, b) in gr.iter().zip(wr) {
             // The worker may batch this job with others: the packed pass changes f32 summation
             // order (~2e-6 seen). 1e-4 is the project's packed-vs-per-item bar.
-            assert!((a - b).abs() <= 1e-4, "{got} vs {want}");
+            assert!((a - b).abs() <= 1e-4, "{what}: {got} vs {want}");
         }
     }
 }
