@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use scorer_jobs::batches::lifecycle::{self, UploadEnd};
 use scorer_jobs::{BatchLine, BatchRecord, BatchStatus, LineError};
-use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus, now_millis};
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord, now_millis};
 use scorer_protocol::{ScoreJob, ScoreRequest};
 use serde::Deserialize;
 use serde_json::Value;
@@ -334,9 +334,7 @@ impl<'a> Ingest<'a> {
                 if let Ok(Some(mut record)) =
                     call(self.state, "audit", self.state.stores.audit.get(id)).await
                 {
-                    record.status = JobStatus::Failed;
-                    record.finished_at = Some(now_millis());
-                    record.error = Some(message.clone());
+                    record.fail(message.clone());
                     let _ =
                         call(self.state, "audit", self.state.stores.audit.finish(&record)).await;
                 }
