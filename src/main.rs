@@ -291,7 +291,8 @@ impl ServiceArgs {
 /// Loads what the role needs and runs it on a Tokio runtime: the engine (weights on the device)
 /// for `serve` and `worker`; only the tokenizer and the model's metadata for `api`.
 fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()> {
-    let engine_cfg = engine.config()?;
+    // `scorer api` opens no PJRT client, so it needs no plugin to be found.
+    let engine_cfg = engine.config(!matches!(role, Role::Api))?;
     let (config, worker) = service.config(&engine_cfg)?;
     if !config.stores.any() {
         tracing::info!("embedded mode: in-process queue, result store and audit log");
@@ -330,10 +331,12 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 }
 
 impl EngineArgs {
-    fn config(&self) -> Result<EngineConfig> {
+    /// The engine's configuration; `device`: the PJRT plugin is resolved too (a role that runs
+    /// the model), else `--pjrt-plugin` is not looked at.
+    fn config(&self, device: bool) -> Result<EngineConfig> {
         let path = home::resolve_model(&self.model)?;
         let mut cfg = EngineConfig::new(path, self.model.clone());
-        if let Some(plugin) = &self.pjrt_plugin {
+        if let Some(plugin) = self.pjrt_plugin.as_ref().filter(|_| device) {
             cfg.plugin_path = scorer_engine::pjrt::discover::resolve_plugin(plugin)?;
         }
         let options = &mut cfg.client_options;
@@ -412,7 +415,7 @@ fn run() -> Result<()> {
             item_first,
             temperature,
         } => {
-            let engine = Engine::load(engine.config()?)?;
+            let engine = Engine::load(engine.config(true)?)?;
             let request = ScoreRequest {
                 model: None,
                 query: Some(TextOrTokens::Text(query)),

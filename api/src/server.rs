@@ -76,7 +76,9 @@ pub async fn serve_app(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener address")?;
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     tracing::info!(%addr, max_connections = max, "listening");
     let slots = Arc::new(Semaphore::new(max));
     let (closing_tx, closing) = watch::channel(false);
