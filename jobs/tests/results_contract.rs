@@ -90,6 +90,29 @@ async fn wait_times_out_on_unfinished(s: &dyn ResultStore) {
     );
 }
 
+/// Many concurrent sync waits (one API process under load): each is answered with its own job.
+async fn many_waiters_each_answered(s: &dyn ResultStore) {
+    let records: Vec<JobRecord> = (0..20).map(|_| record()).collect();
+    for r in &records {
+        s.put(r).await.expect("put queued");
+    }
+    let waits = futures::future::join_all(
+        records
+            .iter()
+            .map(|r| s.wait_terminal(r.id, Duration::from_secs(10))),
+    );
+    let (got, ()) = tokio::join!(waits, async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for r in records.iter().rev() {
+            s.put(&succeeded(r.clone())).await.expect("put done");
+        }
+    });
+    for (r, g) in records.iter().zip(got) {
+        let g = g.expect("wait").expect("completion seen");
+        assert_eq!((g.id, g.status), (r.id, JobStatus::Succeeded));
+    }
+}
+
 async fn entries_expire(s: &dyn ResultStore) {
     let r = record();
     s.put(&r).await.expect("put");
@@ -177,9 +200,51 @@ macro_rules! contract {
 contract!(
     put_get_roundtrip,
     waiter_sees_later_completion,
+    many_waiters_each_answered,
     wait_returns_terminal_at_once,
     wait_times_out_on_unfinished,
     entries_expire,
     heartbeats_mark_live_workers,
     live_workers_by_model,
 );
+
+/// Sync waits share the process's one pattern subscription: while 10 waits are pending no
+/// per-job channel is subscribed (each wait used to open its own connection and SUBSCRIBE), and
+/// every wait is still answered.
+#[tokio::test]
+async fn redis_waits_share_one_subscription() {
+    let prefix = unique("test");
+    let s = RedisResultStore::connect(&redis_url(), &prefix, TTL)
+        .await
+        .expect("Redis reachable");
+    let records: Vec<JobRecord> = (0..10).map(|_| record()).collect();
+    let waits = futures::future::join_all(
+        records
+            .iter()
+            .map(|r| s.wait_terminal(r.id, Duration::from_secs(10))),
+    );
+    let (got, ()) = tokio::join!(waits, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let client = ::redis::Client::open(redis_url()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis reachable");
+        let channels: Vec<String> = ::redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("{prefix}:done:*"))
+            .query_async(&mut conn)
+            .await
+            .expect("PUBSUB CHANNELS");
+        assert!(channels.is_empty(), "per-wait subscriptions: {channels:?}");
+        for r in &records {
+            s.put(&succeeded(r.clone())).await.expect("put done");
+        }
+    });
+    for g in got {
+        assert_eq!(
+            g.expect("wait").map(|g| g.status),
+            Some(JobStatus::Succeeded)
+        );
+    }
+}

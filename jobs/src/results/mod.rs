@@ -4,6 +4,7 @@
 
 mod memory;
 mod redis_store;
+mod redis_waiters;
 
 pub use memory::MemoryResultStore;
 pub use redis_store::RedisResultStore;

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use scorer_protocol::job::JobRecord;
 use uuid::Uuid;
 
+use super::redis_waiters::{DoneWaiters, POLL};
 use super::{ResultStore, WorkerRegistry};
 use crate::StoreError;
 
@@ -19,10 +19,11 @@ const SERVICE: &str = "redis";
 
 #[derive(Clone)]
 pub struct RedisResultStore {
-    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    /// The process's one pub/sub connection for sync waits (started on the first wait).
+    waiters: DoneWaiters,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -44,7 +45,7 @@ impl RedisResultStore {
             .await
             .map_err(unavailable)?;
         Ok(RedisResultStore {
-            client,
+            waiters: DoneWaiters::new(client, prefix),
             conn,
             prefix: prefix.to_string(),
             ttl,
@@ -108,29 +109,21 @@ impl ResultStore for RedisResultStore {
         timeout: Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pubsub = tokio::time::timeout_at(deadline, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| StoreError::unavailable(SERVICE, "timed out connecting for pub/sub"))?
-            .map_err(unavailable)?;
-        pubsub
-            .subscribe(self.done_channel(id))
-            .await
-            .map_err(unavailable)?;
-        // Subscribed: any completion from here on reaches us, so looking now cannot miss one.
-        if let Some(r) = self.get(id).await?.filter(|r| r.status.is_terminal()) {
-            return Ok(Some(r));
-        }
-        let mut messages = pubsub.on_message();
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Err(_) => Ok(None),
-            Ok(None) => Err(StoreError::unavailable(
-                SERVICE,
-                "pub/sub connection closed",
-            )),
-            Ok(Some(_)) => {
-                drop(messages);
-                Ok(self.get(id).await?.filter(|r| r.status.is_terminal()))
+        // Registered first: any completion from here on bumps `hints`, so reading the record
+        // after registering cannot miss one.
+        let mut registration = self.waiters.register(id);
+        self.waiters.ready(deadline).await;
+        loop {
+            if let Some(r) = self.get(id).await?.filter(|r| r.status.is_terminal()) {
+                return Ok(Some(r));
             }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let nap = (deadline - now).min(POLL);
+            // A hint, the poll interval or the deadline: read the record again either way.
+            let _ = tokio::time::timeout(nap, registration.hints.changed()).await;
         }
     }
 

@@ -563,6 +563,23 @@ impl JobQueue for AmqpQueue {
     }
 
     async fn depth(&self, model: &str) -> Result<u64, StoreError> {
+        // One round trip on the hot path: a passive declare of the shared queue reads its depth
+        // (the topology was declared when the role started). Only when that fails (the queue
+        // was deleted, the channel died) is the whole topology declared again, on a fresh
+        // channel, since a refused passive declare closes the channel it ran on.
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = self.topology.queue(model);
+        if let Ok(q) = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            return Ok(u64::from(q.message_count()));
+        }
+        self.forget_link().await;
         let channel = self.channel().await?;
         match declare_model(&channel, &self.topology, model).await {
             Ok(n) => Ok(n),
