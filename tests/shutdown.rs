@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{SMOL, SMOL_NO, SMOL_YES};
 use reqwest::StatusCode;
-use scorer_jobs::{AmqpQueue, AmqpTopology, JobQueue};
+use scorer_jobs::{AmqpQueue, AmqpTopology, JobConsumer, JobQueue};
 use scorer_testkit::batches::{Caller, body, jsonl};
 use scorer_testkit::jobs::unique;
 use scorer_testkit::process::{Proc, free_port, port_open, wait_port};
