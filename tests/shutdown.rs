@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use common::{SMOL, SMOL_NO, SMOL_YES};
 use reqwest::StatusCode;
-use scorer_jobs::{AmqpQueue, AmqpTopology, JobConsumer, JobQueue};
+use scorer_jobs::{AmqpQueue, AmqpTopology, JobQueue};
 use scorer_testkit::batches::{Caller, body, jsonl};
 use scorer_testkit::jobs::unique;
-use scorer_testkit::process::{Proc, free_port, port_open, wait_port};
+use scorer_testkit::process::{Proc, free_port, port_open, wait_port, with_database};
 use scorer_testkit::{amqp_url, database_url, redis_url};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -36,6 +36,8 @@ const START: Duration = Duration::from_secs(180);
 
 struct Deployment {
     namespace: String,
+    /// A database of its own: the shared one may hold other branches' migrations.
+    database_url: String,
     key: String,
     port: u16,
     dir: PathBuf,
@@ -68,7 +70,7 @@ impl Deployment {
         let env = [
             ("AMQP_URL", amqp_url()),
             ("REDIS_URL", redis_url()),
-            ("DATABASE_URL", database_url()),
+            ("DATABASE_URL", self.database_url.clone()),
             ("RUST_LOG", "info".to_string()),
         ];
         let log = self.dir.join(format!("{role}-{}.log", self.spawned));
@@ -118,14 +120,22 @@ async fn waiting(queue: &AmqpQueue) -> Vec<(Option<Uuid>, bool)> {
 async fn sigterm_drains_the_worker_and_the_api() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("shutdown"));
     std::fs::create_dir_all(&dir).expect("log dir");
+    let namespace = unique("shutdown");
+    let admin = sqlx::PgPool::connect(&database_url()).await.expect("pg");
+    let db = namespace.replace('-', "_");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .expect("create the test database");
     let mut d = Deployment {
-        namespace: unique("shutdown"),
+        database_url: with_database(&database_url(), &db),
+        namespace,
         key: unique("key"),
         port: free_port(),
         dir,
         spawned: 0,
     };
-    let pool = sqlx::PgPool::connect(&database_url()).await.expect("pg");
+    let pool = sqlx::PgPool::connect(&d.database_url).await.expect("pg");
     let queue = AmqpQueue::connect(
         &amqp_url(),
         AmqpTopology {
