@@ -226,6 +226,48 @@ struct ServiceArgs {
     /// Seconds a batch upload (POST /v1/batches) may take to arrive whole.
     #[arg(long, env = "SCORER_UPLOAD_READ_TIMEOUT", default_value_t = 3600.0)]
     upload_read_timeout: f64,
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
+}
+
+/// Shutdown and queue type (docs/OPERATIONS.md, "Graceful shutdown" and "Queue types").
+#[derive(Args, Clone)]
+struct LifecycleArgs {
+    /// Seconds a process has after SIGTERM: the API to answer the requests in progress (sync
+    /// waits answer 504 with their job just before), a worker to finish the pass it is
+    /// running. `scorer serve` drains the API, then the worker, each within it.
+    #[arg(long, env = "SCORER_SHUTDOWN_GRACE",
+        default_value_t = scorer_jobs::deadline::DEFAULT_SHUTDOWN_GRACE.as_secs_f64())]
+    shutdown_grace: f64,
+    /// RabbitMQ queue type: `classic` (message priorities) or `quorum` (replicated, with a
+    /// delivery limit; no priorities before RabbitMQ 4.0). An existing queue keeps its type.
+    #[arg(long, env = "SCORER_QUEUE_TYPE", default_value = "classic",
+        value_parser = parse_queue_type)]
+    queue_type: scorer_jobs::QueueType,
+    /// Quorum queues: returns of a message before the broker dead-letters it.
+    #[arg(long, env = "SCORER_QUEUE_DELIVERY_LIMIT",
+        default_value_t = scorer_jobs::DEFAULT_DELIVERY_LIMIT)]
+    queue_delivery_limit: u32,
+}
+
+impl LifecycleArgs {
+    fn apply(&self, service: &mut ServiceConfig, worker: &mut WorkerConfig) -> Result<()> {
+        let grace = seconds("shutdown-grace", self.shutdown_grace)?;
+        service.http.shutdown_grace = grace;
+        worker.shutdown_grace = grace;
+        anyhow::ensure!(
+            self.queue_delivery_limit >= 1,
+            "--queue-delivery-limit must be at least 1"
+        );
+        service.queue_type = self.queue_type;
+        service.queue_delivery_limit = self.queue_delivery_limit;
+        Ok(())
+    }
+}
+
+fn parse_queue_type(s: &str) -> Result<scorer_jobs::QueueType, String> {
+    scorer_jobs::QueueType::parse(s)
+        .ok_or_else(|| format!("--queue-type is `classic` or `quorum`, not `{s}`"))
 }
 
 /// A positive number of seconds, for the flag named.
@@ -259,6 +301,7 @@ impl ServiceArgs {
             header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
             body_read_timeout: seconds("body-read-timeout", self.body_read_timeout)?,
             upload_read_timeout: seconds("upload-read-timeout", self.upload_read_timeout)?,
+            ..scorer_api::HttpLimits::default()
         };
         cfg.stores.amqp_url = self.amqp_url.clone().filter(|u| !u.is_empty());
         cfg.stores.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
@@ -278,6 +321,7 @@ impl ServiceArgs {
         worker.max_attempts = self.max_attempts;
         worker.run_timeout = Duration::from_secs(self.job_run_timeout);
         worker.max_bulk_batch_tokens = self.max_bulk_batch_tokens;
+        self.lifecycle.apply(&mut cfg, &mut worker)?;
         for pair in &self.api_keys {
             let (key, tenant) = pair
                 .split_once('=')
@@ -299,7 +343,7 @@ fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let shutdown = roles::shutdown_signal();
-    match role {
+    let ran = match role {
         Role::Api => {
             let frontend: Arc<dyn Preparer> = Arc::new(Frontend::load(&engine_cfg)?);
             runtime.block_on(roles::run_api(config, frontend, shutdown))
@@ -312,7 +356,11 @@ fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()
             let engine: Arc<dyn ScoreBackend> = Arc::new(Engine::load(engine_cfg)?);
             runtime.block_on(roles::run_worker(config, worker, engine, shutdown))
         }
-    }
+    };
+    // A pass the shutdown grace gave up on still runs on a blocking thread: dropping the
+    // runtime would wait for it.
+    runtime.shutdown_background();
+    ran
 }
 
 #[derive(Clone, Copy)]

@@ -53,6 +53,11 @@ pub struct ServiceConfig {
     pub stores: StoreUrls,
     /// Prefix of the AMQP exchanges and queues and of the Redis keys.
     pub namespace: String,
+    /// RabbitMQ queue type (`--queue-type`; docs/OPERATIONS.md, "Queue types").
+    pub queue_type: scorer_jobs::QueueType,
+    /// Quorum queues: returns a message may have before the broker dead-letters it
+    /// (`--queue-delivery-limit`).
+    pub queue_delivery_limit: u32,
     /// Largest request body in bytes (`--max-body-bytes`): 413 beyond. The limits on what a
     /// request asks for (items, tokens, labels) are the engine's (`scorer_protocol::Limits`).
     pub max_body_bytes: usize,
@@ -134,6 +139,8 @@ impl Default for ServiceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             stores: StoreUrls::default(),
             namespace: "scorer".to_string(),
+            queue_type: scorer_jobs::QueueType::Classic,
+            queue_delivery_limit: scorer_jobs::DEFAULT_DELIVERY_LIMIT,
             max_body_bytes: 4 << 20,
             http: HttpLimits::default(),
             sync_timeout: Duration::from_secs(60),

@@ -26,7 +26,8 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
             )
             .await
             .context("connecting to RabbitMQ")?
-            .with_worker_queue_ttl(config.locality.worker_queue_ttl),
+            .with_worker_queue_ttl(config.locality.worker_queue_ttl)
+            .with_queue_type(config.queue_type, config.queue_delivery_limit),
         ),
         None => Arc::new(MemoryQueue::new()),
     };

@@ -159,7 +159,10 @@ impl From<ValidationError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+            // A misconfigured broker is not the caller's fault either: the operator must act.
+            StoreError::Unavailable { .. } | StoreError::Misconfigured { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
             StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
         }
     }

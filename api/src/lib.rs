@@ -21,7 +21,7 @@ pub use config::{AuthMode, BatchConfig, ServiceConfig, StoreUrls};
 pub use connect::{announce_auth, connect_stores, migrate};
 pub use error::{ApiError, ErrorBody};
 pub use locality::{Locality, LocalityConfig, rendezvous};
-pub use server::{HttpLimits, serve_app, shutdown_signal};
+pub use server::{Draining, HttpLimits, serve_app, shutdown_signal};
 pub use state::{AppState, Stores};
 
 use axum::Router;

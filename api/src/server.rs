@@ -14,6 +14,13 @@
 //!
 //! Each connection has a watchdog that reads its activity (bytes moved, requests in progress)
 //! and drops the connection when a rule says so; dropping it closes the socket.
+//!
+//! **Shutdown** (SIGTERM or Ctrl-C, [`shutdown_signal`]): the listener is closed at once (new
+//! connections are refused, so a load balancer moves on), idle keep-alive connections are
+//! closed, and each request in progress gets until [`HttpLimits::shutdown_grace`] to be
+//! answered. A sync score wait learns of the deadline through the [`Draining`] extension and
+//! answers its 504 (with the job to poll) just before it, rather than being cut off with no
+//! answer; whatever is still open at the deadline is dropped.
 
 use std::future::Future;
 use std::io;
@@ -53,6 +60,9 @@ pub struct HttpLimits {
     pub body_read_timeout: Duration,
     /// The same for `POST /v1/batches`, whose file may be large (default 1 h).
     pub upload_read_timeout: Duration,
+    /// After shutdown begins, how long requests in progress have to be answered (default
+    /// 30 s, `--shutdown-grace`).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for HttpLimits {
@@ -63,12 +73,14 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             upload_read_timeout: Duration::from_secs(3600),
+            shutdown_grace: scorer_jobs::deadline::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
 /// Serves `app` on `listener` under `limits` until `shutdown` completes; then stops accepting,
-/// lets each connection finish the request it is answering, and returns when all are closed.
+/// lets each connection finish the request it is answering, and returns when all are closed or
+/// `limits.shutdown_grace` has passed, whichever comes first.
 pub async fn serve_app(
     listener: TcpListener,
     app: axum::Router,
@@ -81,7 +93,8 @@ pub async fn serve_app(
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     tracing::info!(%addr, max_connections = max, "listening");
     let slots = Arc::new(Semaphore::new(max));
-    let (closing_tx, closing) = watch::channel(false);
+    // `Some(deadline)` once shutting down: when the drain ends.
+    let (closing_tx, closing) = watch::channel(None);
     let limits = Arc::new(limits);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -115,10 +128,42 @@ pub async fn serve_app(
         });
     }
     drop(listener);
-    let _ = closing_tx.send(true);
+    let drained_by = tokio::time::Instant::now() + limits.shutdown_grace;
+    let _ = closing_tx.send(Some(drained_by));
     // Every connection holds a permit until it is closed.
-    let _ = slots.acquire_many(max as u32).await;
+    let open = slots.acquire_many(max as u32);
+    if tokio::time::timeout_at(drained_by, open).await.is_err() {
+        let left = max - slots.available_permits();
+        tracing::warn!(connections = left, grace = ?limits.shutdown_grace,
+            "connections still open at the end of the shutdown grace period; dropping them");
+    }
     Ok(())
+}
+
+/// A request's view of the server's shutdown (a request extension): lets a handler that waits
+/// answer before the drain deadline instead of being cut off.
+#[derive(Clone)]
+pub struct Draining(watch::Receiver<Option<tokio::time::Instant>>);
+
+impl Draining {
+    /// Completes when a waiting handler should stop waiting and answer: a little before the
+    /// drain deadline (a second, or a quarter of the grace if that is shorter), so the answer
+    /// is written before the connection is dropped. Never, while the server is not shutting
+    /// down.
+    pub async fn must_answer(&self) {
+        let mut closing = self.0.clone();
+        let deadline = match closing.wait_for(Option::is_some).await {
+            Ok(deadline) => *deadline,
+            // The server is gone; nothing to answer for.
+            Err(_) => None,
+        };
+        let Some(deadline) = deadline else {
+            return std::future::pending().await;
+        };
+        let now = tokio::time::Instant::now();
+        let margin = Duration::from_secs(1).min(deadline.saturating_duration_since(now) / 4);
+        tokio::time::sleep_until(deadline.checked_sub(margin).unwrap_or(deadline)).await;
+    }
 }
 
 /// What a connection's watchdog looks at.
@@ -271,7 +316,7 @@ async fn connection(
     tcp: TcpStream,
     app: axum::Router,
     limits: &HttpLimits,
-    mut closing: watch::Receiver<bool>,
+    mut closing: watch::Receiver<Option<tokio::time::Instant>>,
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
@@ -279,11 +324,14 @@ async fn connection(
         activity: activity.clone(),
     });
     let requests = activity.clone();
+    let draining = Draining(closing.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = requests.begin();
         let mut app = app.clone();
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(draining.clone());
         async move {
-            let response = tower::Service::call(&mut app, req.map(Body::new)).await;
+            let response = tower::Service::call(&mut app, req).await;
             drop(guard);
             response
         }

@@ -21,6 +21,7 @@ fn limits(max_connections: usize) -> HttpLimits {
         header_read_timeout: SHORT,
         body_read_timeout: SHORT,
         upload_read_timeout: SHORT,
+        ..HttpLimits::default()
     }
 }
 

@@ -21,6 +21,12 @@ pub struct Deadline {
     pub counter: &'static str,
 }
 
+/// How long a process may take to stop once told to (SIGTERM; `--shutdown-grace`): the API
+/// answers the requests in progress within it (a sync wait is cut short to fit), a worker
+/// finishes the pass it is running within it. One value for both, since a deployment sizes its
+/// termination grace period (Kubernetes' `terminationGracePeriodSeconds`) on it.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The API's counter of calls past their deadline.
 pub const API_TIMEOUTS: &str = "scorer_store_timeouts_total";
 /// The worker's counter of calls past their deadline.

@@ -11,6 +11,13 @@ pub enum StoreError {
     /// Stored data that does not decode; retrying will not help.
     #[error("corrupt {what}: {message}")]
     Corrupt { what: &'static str, message: String },
+    /// The service refuses this deployment's settings (a queue that exists with another type
+    /// or other arguments); retrying will not help, the operator must act as the message says.
+    #[error("{service} refuses the configuration: {message}")]
+    Misconfigured {
+        service: &'static str,
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -26,6 +33,13 @@ impl StoreError {
     /// service were down.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
+    }
+
+    pub fn misconfigured(service: &'static str, err: impl std::fmt::Display) -> Self {
+        StoreError::Misconfigured {
+            service,
+            message: err.to_string(),
+        }
     }
 
     pub fn corrupt(what: &'static str, err: impl std::fmt::Display) -> Self {

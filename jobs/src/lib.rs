@@ -29,7 +29,8 @@ pub use deadline::Deadline;
 pub use error::StoreError;
 pub use keys::{ApiKey, PostgresKeyStore};
 pub use queue::{
-    AmqpQueue, AmqpTopology, DEFAULT_WORKER_QUEUE_TTL, DeadLetter, Delivery, DeliveryAcker,
-    JobConsumer, JobQueue, MemoryQueue, WORKER_QUEUE_MAX_LENGTH,
+    AmqpQueue, AmqpTopology, DEFAULT_DELIVERY_LIMIT, DEFAULT_WORKER_QUEUE_TTL, DeadLetter,
+    Delivery, DeliveryAcker, JobConsumer, JobQueue, MemoryQueue, QueueType,
+    WORKER_QUEUE_MAX_LENGTH,
 };
 pub use results::{MemoryResultStore, RedisResultStore, ResultStore, WorkerRegistry};

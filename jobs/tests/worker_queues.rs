@@ -1,6 +1,7 @@
 //! Per-worker queues (locality routing) on the real RabbitMQ: a job published to a worker reaches
 //! that worker; a dead worker's jobs, taken or not, reach the shared queue; a worker's explicit
-//! dead-lettering still reaches the dead-letter queue. And the envelope change is compatible.
+//! dead-lettering still reaches the dead-letter queue; the same with quorum queues. And the
+//! envelope change is compatible.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use common::{amqp_url, envelope, unique};
 use scorer_jobs::queue::{decode, encode};
-use scorer_jobs::{AmqpQueue, AmqpTopology, JobConsumer, JobQueue, MemoryQueue};
+use scorer_jobs::{AmqpQueue, AmqpTopology, JobConsumer, JobQueue, MemoryQueue, QueueType};
 use scorer_protocol::job::{JobEnvelope, JobPriority};
 use uuid::Uuid;
 
@@ -38,6 +39,10 @@ struct Broker {
 
 impl Broker {
     async fn new(ttl: Duration) -> Broker {
+        Broker::of_type(ttl, QueueType::Classic).await
+    }
+
+    async fn of_type(ttl: Duration, queue_type: QueueType) -> Broker {
         let queue = AmqpQueue::connect(
             &amqp_url(),
             AmqpTopology {
@@ -46,7 +51,8 @@ impl Broker {
         )
         .await
         .expect("RabbitMQ reachable")
-        .with_worker_queue_ttl(ttl);
+        .with_worker_queue_ttl(ttl)
+        .with_queue_type(queue_type, scorer_jobs::DEFAULT_DELIVERY_LIMIT);
         let model = unique("model");
         queue.declare(&model).await.expect("declare");
         Broker { queue, model }
@@ -119,7 +125,16 @@ async fn a_job_published_to_a_worker_reaches_that_worker() {
 /// all of them expire out of its queue into the shared one, where another worker runs them.
 #[tokio::test]
 async fn a_dead_workers_jobs_move_to_the_shared_queue() {
-    let b = Broker::new(Duration::from_millis(500)).await;
+    dead_workers_jobs_move(QueueType::Classic).await;
+}
+
+#[tokio::test]
+async fn quorum_a_dead_workers_jobs_move_to_the_shared_queue() {
+    dead_workers_jobs_move(QueueType::Quorum).await;
+}
+
+async fn dead_workers_jobs_move(queue_type: QueueType) {
+    let b = Broker::of_type(Duration::from_millis(500), queue_type).await;
     let mut dead = b
         .queue
         .consume_as(&b.model, "dead", 8)
@@ -156,8 +171,9 @@ async fn a_dead_workers_jobs_move_to_the_shared_queue() {
     let want: HashSet<Uuid> = jobs.iter().map(|j| j.job_id).collect();
     assert_eq!(seen, want);
     println!(
-        "a dead worker's 4 jobs ran elsewhere after {:?} (queue TTL 500 ms)",
-        started.elapsed()
+        "a dead worker's 4 jobs ran elsewhere after {:?} ({} queues, TTL 500 ms)",
+        started.elapsed(),
+        queue_type.as_str()
     );
     nothing_more(&mut other).await;
     other.close().await;
@@ -169,7 +185,16 @@ async fn a_dead_workers_jobs_move_to_the_shared_queue() {
 /// the job back to the same worker while its TTL lasts.
 #[tokio::test]
 async fn dead_lettering_from_a_worker_queue_reaches_the_dead_letter_queue() {
-    let b = Broker::new(Duration::from_secs(30)).await;
+    dead_lettering_from_a_worker_queue(QueueType::Classic).await;
+}
+
+#[tokio::test]
+async fn quorum_dead_lettering_from_a_worker_queue_reaches_the_dead_letter_queue() {
+    dead_lettering_from_a_worker_queue(QueueType::Quorum).await;
+}
+
+async fn dead_lettering_from_a_worker_queue(queue_type: QueueType) {
+    let b = Broker::of_type(Duration::from_secs(30), queue_type).await;
     let mut w = b.queue.consume_as(&b.model, "w", 4).await.expect("consume");
     let job = b.job(5);
     b.queue.publish_to_worker(&job, "w").await.expect("publish");

@@ -39,6 +39,10 @@ pub struct WorkerConfig {
     /// told it was accepted (a replay of its idempotency key within this time publishes it
     /// instead). Longer than the submission's own store calls can take.
     pub unpublished_grace: Duration,
+    /// Once told to stop, how long the pass in progress may take to finish (its jobs are then
+    /// stored and acknowledged). Past it the worker stops waiting: the pass's messages return
+    /// to the queue when the connection closes, and run again elsewhere (their attempt spent).
+    pub shutdown_grace: Duration,
 }
 
 /// How many times a job that ran past `run_timeout` is published again before it fails.
@@ -63,6 +67,7 @@ impl Default for WorkerConfig {
             store_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(1),
             unpublished_grace: Duration::from_secs(120),
+            shutdown_grace: scorer_jobs::deadline::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

@@ -2,6 +2,10 @@
 //! prefix with earlier ones), gather ready jobs into a batch, score them with the engine, store
 //! each result (Postgres audit row, then Redis with a completion notice), then acknowledge.
 //!
+//! On shutdown the worker stops consuming, gives back what it has not started (as new
+//! messages, so nothing counts as a redelivery), finishes the pass it is running within a grace
+//! period, and leaves; docs/OPERATIONS.md, "Graceful shutdown".
+//!
 //! Ordering is what makes redelivery safe: a message is acknowledged only after its outcome is
 //! stored, and storing is idempotent on the job id, so a crash anywhere means the job runs again
 //! (or is recognised as finished) and never that it is lost or recorded twice.
@@ -16,7 +20,8 @@ pub use config::{DEFAULT_MAX_BULK_BATCH_TOKENS, RUN_TIMEOUT_REQUEUES, WorkerConf
 use std::sync::Arc;
 
 use scorer_jobs::{
-    AuditStore, JobQueue, ResultStore, StoreError, WorkerRegistry, webhook::WebhookSender,
+    AuditStore, Delivery, JobConsumer, JobQueue, ResultStore, StoreError, WorkerRegistry,
+    webhook::WebhookSender,
 };
 use scorer_protocol::{EngineUnavailable, ScoreBackend};
 use tokio::sync::watch;
@@ -31,6 +36,16 @@ pub enum WorkerError {
     /// the process should exit non-zero so its supervisor starts a fresh one.
     #[error(transparent)]
     Engine(#[from] EngineUnavailable),
+    /// Told to stop, the worker gave up waiting for its pass: the pass's messages went back to
+    /// the queue unacknowledged (they run again elsewhere, their attempt spent).
+    #[error(
+        "the pass in progress ({jobs} jobs) did not end within the shutdown grace period of \
+         {grace:?}; its jobs went back to the queue"
+    )]
+    ShutdownGrace {
+        grace: std::time::Duration,
+        jobs: usize,
+    },
 }
 
 /// Everything a worker talks to.
@@ -52,10 +67,12 @@ impl Worker {
         self.backend.model_id()
     }
 
-    /// Runs until `shutdown` turns true; then stops taking messages, finishes (stores and
-    /// acknowledges) the batch in hand, and returns. Messages prefetched but not started go back
-    /// to the queue. If the engine dies it stops the same way, at once, with the batch in hand
-    /// given back too, and returns [`WorkerError::Engine`].
+    /// Runs until `shutdown` turns true; then stops consuming (the broker's consumers are
+    /// cancelled, so nothing new arrives), hands back every delivery taken but not started
+    /// (unmarked, no attempt spent: [`scorer_jobs::DeliveryAcker::give_back`]), lets the pass in
+    /// progress finish within `shutdown_grace` (its jobs stored and acknowledged), and returns.
+    /// If the engine dies it stops the same way, at once, with the batch in hand given back
+    /// too, and returns [`WorkerError::Engine`].
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         let model = self.model().to_string();
         self.queue.declare(&model).await?;
@@ -82,6 +99,9 @@ impl Worker {
         // Deliveries in hand, not yet started; each batch is picked from them by priority.
         let mut pending = Vec::new();
         let mut died = None;
+        let mut overran = None;
+        // Set once the deliveries not started have been handed back.
+        let mut handed_back = false;
         loop {
             let batch = tokio::select! {
                 biased;
@@ -90,11 +110,42 @@ impl Worker {
             };
             match batch {
                 Ok(Some(batch)) => {
-                    if let Err(dead) = process::run_batch(&self, batch).await {
-                        // Every later batch would meet the same dead engine: stop consuming.
-                        tracing::error!(worker = %self.config.worker_id, error = %dead,
-                            "engine unavailable; stopping the worker");
-                        died = Some(dead);
+                    let jobs = batch.len();
+                    let pass = process::run_batch(&self, batch);
+                    tokio::pin!(pass);
+                    let ran = tokio::select! {
+                        ran = &mut pass => Some(ran),
+                        _ = wait_for_shutdown(&mut shutdown) => {
+                            // Told to stop mid-pass: take nothing new, and give back what is in
+                            // hand now, while the pass finishes within the grace period.
+                            handed_back = true;
+                            let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+                            let (ran, ()) = tokio::join!(
+                                tokio::time::timeout_at(deadline, &mut pass),
+                                give_back(consumer.as_mut(), &mut pending),
+                            );
+                            ran.ok()
+                        }
+                    };
+                    match ran {
+                        Some(Ok(())) => {}
+                        Some(Err(dead)) => {
+                            // Every later batch would meet the same dead engine: stop consuming.
+                            tracing::error!(worker = %self.config.worker_id, error = %dead,
+                                "engine unavailable; stopping the worker");
+                            died = Some(dead);
+                            break;
+                        }
+                        None => {
+                            tracing::error!(worker = %self.config.worker_id, jobs,
+                                grace = ?self.config.shutdown_grace,
+                                "the pass did not end within the shutdown grace period; its \
+                                 jobs return to the queue when the connection closes");
+                            overran = Some(jobs);
+                            break;
+                        }
+                    }
+                    if handed_back {
                         break;
                     }
                 }
@@ -105,28 +156,44 @@ impl Worker {
                 }
             }
         }
-        for d in pending {
-            // Taken but never started: hand it back now rather than at connection close.
-            if let Err(e) = d.acker.requeue().await {
-                tracing::debug!(error = %e, "requeue on shutdown");
-            }
+        if !handed_back {
+            give_back(consumer.as_mut(), &mut pending).await;
         }
         // Leave the live set first, so the API stops steering jobs here; what is already in this
         // worker's queue moves to the shared queue when its TTL runs out.
         heartbeat.stop().await;
-        if let Err(e) = self
-            .registry
-            .forget_worker(&self.config.worker_id, &model)
-            .await
-        {
+        let forget = self.registry.forget_worker(&self.config.worker_id, &model);
+        if let Err(e) = process::bounded(&self, "results", forget).await {
             tracing::warn!(error = %e, "could not leave the live worker set");
         }
         consumer.close().await;
         tracing::info!(worker = %self.config.worker_id, "worker stopped");
-        match died {
-            Some(dead) => Err(WorkerError::Engine(dead)),
-            None => Ok(()),
+        if let Some(dead) = died {
+            return Err(WorkerError::Engine(dead));
         }
+        if let Some(jobs) = overran {
+            return Err(WorkerError::ShutdownGrace {
+                grace: self.config.shutdown_grace,
+                jobs,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Stops consuming, and hands back every delivery taken but not started: those in `pending`
+/// and those the broker had already pushed to the consumer.
+async fn give_back(consumer: &mut dyn JobConsumer, pending: &mut Vec<Delivery>) {
+    let mut unstarted: Vec<Delivery> = std::mem::take(pending);
+    unstarted.extend(consumer.stop().await);
+    if !unstarted.is_empty() {
+        tracing::info!(
+            deliveries = unstarted.len(),
+            "handing back deliveries not started"
+        );
+    }
+    for d in &unstarted {
+        process::give_back(d).await;
     }
 }
 

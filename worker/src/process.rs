@@ -344,6 +344,11 @@ async fn requeue(delivery: &Delivery) {
     settle_message(delivery, "requeue", delivery.acker.requeue()).await;
 }
 
+/// A delivery never started goes back unmarked (see `DeliveryAcker::give_back`).
+pub(crate) async fn give_back(delivery: &Delivery) {
+    settle_message(delivery, "give-back", delivery.acker.give_back()).await;
+}
+
 /// Runs a Redis, Postgres or broker call under the worker's `store_timeout`: a connection that
 /// stopped answering becomes `Unavailable` (the message is given back and retried) instead of a
 /// wedged worker.

@@ -2,17 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
+use axum::{Extension, Json};
 use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
 use scorer_protocol::{ScoreRequest, ScoreResponse};
 use uuid::Uuid;
 
 use crate::submit::{accept, body_bytes, check_model, parse_json, prepare};
-use crate::{ApiError, AppState, auth, deadline};
+use crate::{ApiError, AppState, Draining, auth, deadline};
 
 /// Header: seconds this call may wait for its result (capped by the server's maximum).
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -40,6 +40,7 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout";
 pub async fn score(
     State(state): State<AppState>,
     headers: HeaderMap,
+    draining: Option<Extension<Draining>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ScoreResponse>, ApiError> {
     let started = Instant::now();
@@ -65,12 +66,33 @@ pub async fn score(
     accept(&state, &record, job).await?;
     // The wait itself is bounded by `timeout`; the extra deadline covers a Redis that stops
     // answering mid-wait.
-    let outcome = deadline(
+    let wait = deadline(
         timeout + state.config.store_timeout,
         "results",
         state.stores.results.wait_terminal(record.id, timeout),
-    )
-    .await;
+    );
+    // A server shutting down answers before its drain ends (docs/OPERATIONS.md, "Graceful
+    // shutdown"); the job goes on and can be fetched.
+    let shutting_down = async {
+        match &draining {
+            Some(Extension(draining)) => draining.must_answer().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        outcome = wait => outcome,
+        () = shutting_down => {
+            return Err(ApiError::Timeout {
+                message: format!(
+                    "the server is shutting down and job {} has no result yet; it goes on: \
+                     GET /v1/score/jobs/{}",
+                    record.id, record.id
+                ),
+                job_id: record.id,
+            });
+        }
+    };
     let answer = match outcome {
         Ok(Some(done)) => finished(done),
         Ok(None) => Err(ApiError::Timeout {

@@ -172,6 +172,7 @@ impl JobQueue for MemoryQueue {
             prefetch: prefetch.max(1) as usize,
             next_tag: 0,
             closed: false,
+            stopped: false,
         }))
     }
 
@@ -205,6 +206,8 @@ struct MemoryConsumer {
     prefetch: usize,
     next_tag: u64,
     closed: bool,
+    /// `stop` was called: nothing more is taken, what is in hand can still be settled.
+    stopped: bool,
 }
 
 impl MemoryConsumer {
@@ -261,7 +264,7 @@ impl MemoryConsumer {
 #[async_trait]
 impl JobConsumer for MemoryConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>, StoreError> {
-        if self.closed {
+        if self.closed || self.stopped {
             return Ok(None);
         }
         loop {
@@ -276,6 +279,12 @@ impl JobConsumer for MemoryConsumer {
             }
             changed.await;
         }
+    }
+
+    async fn stop(&mut self) -> Vec<Delivery> {
+        // Nothing is pushed ahead of `next` here: every message still queued stays queued.
+        self.stopped = true;
+        Vec::new()
     }
 
     async fn close(mut self: Box<Self>) {
@@ -335,6 +344,22 @@ impl DeliveryAcker for MemoryAcker {
                 ));
             };
             msg.redelivered = true;
+            state.push(&self.model, msg);
+        }
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn give_back(&self) -> Result<(), StoreError> {
+        {
+            let mut state = self.shared.lock();
+            let Some(msg) = self.settle(&mut state) else {
+                return Err(StoreError::unavailable(
+                    "queue",
+                    "consumer closed before give-back",
+                ));
+            };
+            // Unchanged: a message handed back unstarted is not a redelivery.
             state.push(&self.model, msg);
         }
         self.shared.changed.notify_waiters();

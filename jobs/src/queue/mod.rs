@@ -1,10 +1,15 @@
 //! The job queue: a durable per-model priority queue with acknowledgements and a dead-letter queue,
-//! and (RabbitMQ) one queue per worker for jobs steered there by their locality key.
+//! and (RabbitMQ) one queue per worker for jobs steered there by their locality key. RabbitMQ
+//! queues are classic (with priorities) or quorum (replicated, priorities only in the worker's
+//! pick); see `amqp/kind.rs`.
 
 mod amqp;
 mod memory;
 
-pub use amqp::{AmqpQueue, AmqpTopology, DEFAULT_WORKER_QUEUE_TTL, WORKER_QUEUE_MAX_LENGTH};
+pub use amqp::{
+    AmqpQueue, AmqpTopology, DEFAULT_DELIVERY_LIMIT, DEFAULT_WORKER_QUEUE_TTL, QueueType,
+    WORKER_QUEUE_MAX_LENGTH,
+};
 pub use memory::MemoryQueue;
 
 use async_trait::async_trait;
@@ -82,6 +87,13 @@ pub trait JobConsumer: Send {
     /// consumer is closed for good.
     async fn next(&mut self) -> Result<Option<Delivery>, StoreError>;
 
+    /// Stop receiving new deliveries (the broker cancels the consumers) and hand over those
+    /// already received but not yet returned by `next`, which then answers `Ok(None)`. Deliveries
+    /// in hand can still be acknowledged until `close`. A worker shutting down calls it so that
+    /// nothing new arrives while it finishes its batch, and gives the returned ones back with
+    /// [`DeliveryAcker::give_back`].
+    async fn stop(&mut self) -> Vec<Delivery>;
+
     /// Stop receiving; deliveries not yet acknowledged go back to the queue as redelivered.
     async fn close(self: Box<Self>);
 }
@@ -115,6 +127,13 @@ pub trait DeliveryAcker: Send + Sync {
     async fn requeue(&self) -> Result<(), StoreError>;
     /// Move it to the dead-letter queue.
     async fn dead_letter(&self) -> Result<(), StoreError>;
+    /// Hand back a delivery that was never started (a worker shutting down): it is queued again
+    /// as if it had never been delivered, so it is not marked redelivered and does not count
+    /// towards a quorum queue's delivery limit. RabbitMQ: republished unchanged (confirmed) to
+    /// the model's shared queue, then acknowledged; if the republication fails it is requeued
+    /// instead. A crash between the two leaves two copies, and the second finds its job
+    /// finished.
+    async fn give_back(&self) -> Result<(), StoreError>;
 }
 
 /// A message taken from a dead-letter queue.

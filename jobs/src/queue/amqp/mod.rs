@@ -10,6 +10,8 @@
 //! dead-letter exchange leads back to the shared queue, a worker's explicit dead-lettering of a
 //! message from it republishes the message to the dead-letter exchange instead (see
 //! `AmqpAcker::dead_letter`).
+//!
+//! Queue types (classic or quorum) and what each queue is declared with: `kind.rs`.
 
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use scorer_protocol::job::{JobEnvelope, JobPriority};
 use tokio::sync::Mutex;
@@ -76,54 +78,6 @@ impl AmqpTopology {
     pub fn worker_queue(&self, model: &str, worker: &str) -> String {
         format!("{}.jobs.{model}.worker.{worker}", self.prefix)
     }
-
-    /// What is not taken from a worker's queue within `ttl` moves to the model's shared queue.
-    /// The queue itself goes away once unused (no consumer) for `WORKER_QUEUE_IDLE_TTLS` TTLs,
-    /// and never sooner than a minute: by then everything in it has expired and moved on, since
-    /// RabbitMQ drops, not dead-letters, the messages of a deleted queue.
-    fn worker_queue_arguments(&self, model: &str, ttl: Duration) -> FieldTable {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let idle_ms = ttl_ms
-            .saturating_mul(WORKER_QUEUE_IDLE_TTLS)
-            .max(WORKER_QUEUE_MIN_IDLE_MS);
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-max-priority".into(),
-            AMQPValue::ShortShortUInt(JobPriority::MAX_AMQP),
-        );
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(idle_ms));
-        args.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(WORKER_QUEUE_MAX_LENGTH),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.exchange().into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(model.into()),
-        );
-        args
-    }
-
-    fn queue_arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-max-priority".into(),
-            AMQPValue::ShortShortUInt(JobPriority::MAX_AMQP),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_letter_exchange().into()),
-        );
-        args
-    }
 }
 
 /// Reconnection policy: exponential backoff between `initial` and `max`.
@@ -151,6 +105,8 @@ pub struct AmqpQueue {
     publish_attempts: u32,
     /// Message TTL of the worker queues this process declares (`consume_as`).
     worker_queue_ttl: Duration,
+    /// Classic or quorum, for every queue this process declares.
+    kind: QueueKind,
     link: Mutex<Option<Link>>,
 }
 
@@ -195,27 +151,27 @@ async fn declare_exchanges(channel: &Channel, topology: &AmqpTopology) -> Result
 async fn declare_worker_queue(
     channel: &Channel,
     topology: &AmqpTopology,
+    kind: &QueueKind,
     model: &str,
     worker: &str,
     ttl: Duration,
 ) -> Result<String, StoreError> {
     let name = topology.worker_queue(model, worker);
+    // The queue goes away once unused (no consumer) for `WORKER_QUEUE_IDLE_TTLS` TTLs, and
+    // never sooner than a minute: by then everything in it has expired and moved on, since
+    // RabbitMQ drops, not dead-letters, the messages of a deleted queue.
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+    let idle_ms = ttl_ms
+        .saturating_mul(WORKER_QUEUE_IDLE_TTLS)
+        .max(WORKER_QUEUE_MIN_IDLE_MS);
+    let args =
+        kind.worker_queue_arguments(topology, model, ttl_ms, idle_ms, WORKER_QUEUE_MAX_LENGTH);
     channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::durable(),
-            topology.worker_queue_arguments(model, ttl),
-        )
+        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
         .await
-        .map_err(|e| {
-            StoreError::unavailable(
-                SERVICE,
-                format!(
-                    "declaring worker queue {name} (a queue left by a worker of the same id with \
-                     another TTL must be deleted first): {e}"
-                ),
-            )
-        })?;
+        // A queue left by a worker of the same id with another TTL (or type) is named with
+        // the way out.
+        .map_err(|e| kind.declare_error(&name, e))?;
     Ok(name)
 }
 
@@ -223,6 +179,7 @@ async fn declare_worker_queue(
 async fn declare_model(
     channel: &Channel,
     topology: &AmqpTopology,
+    kind: &QueueKind,
     model: &str,
 ) -> Result<u64, StoreError> {
     declare_exchanges(channel, topology).await?;
@@ -232,10 +189,10 @@ async fn declare_model(
         .queue_declare(
             dlq.as_str().into(),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            kind.dead_letter_queue_arguments(),
         )
         .await
-        .map_err(err)?;
+        .map_err(|e| kind.declare_error(&dlq, e))?;
     channel
         .queue_bind(
             dlq.as_str().into(),
@@ -251,10 +208,10 @@ async fn declare_model(
         .queue_declare(
             queue_name.as_str().into(),
             QueueDeclareOptions::durable(),
-            topology.queue_arguments(),
+            kind.queue_arguments(topology),
         )
         .await
-        .map_err(err)?;
+        .map_err(|e| kind.declare_error(&queue_name, e))?;
     channel
         .queue_bind(
             queue_name.as_str().into(),
@@ -280,6 +237,7 @@ impl AmqpQueue {
             },
             publish_attempts: 4,
             worker_queue_ttl: DEFAULT_WORKER_QUEUE_TTL,
+            kind: QueueKind::default(),
             link: Mutex::new(None),
         };
         let channel = queue.channel().await?;
@@ -296,6 +254,17 @@ impl AmqpQueue {
     /// another TTL fails to declare it until the old queue is gone.
     pub fn with_worker_queue_ttl(mut self, ttl: Duration) -> Self {
         self.worker_queue_ttl = ttl;
+        self
+    }
+
+    /// The type of every queue this process declares, and (quorum) the returns a message may
+    /// have before the broker dead-letters it. Existing queues keep their type: declaring one
+    /// as the other type fails with `StoreError::Misconfigured`, naming the fix.
+    pub fn with_queue_type(mut self, queue_type: QueueType, delivery_limit: u32) -> Self {
+        self.kind = QueueKind {
+            queue_type,
+            delivery_limit: delivery_limit.max(1),
+        };
         self
     }
 
@@ -484,7 +453,7 @@ async fn confirmed_publish(
 impl JobQueue for AmqpQueue {
     async fn declare(&self, model: &str) -> Result<(), StoreError> {
         let channel = self.channel().await?;
-        declare_model(&channel, &self.topology, model)
+        declare_model(&channel, &self.topology, &self.kind, model)
             .await
             .map(drop)
     }
@@ -581,7 +550,7 @@ impl JobQueue for AmqpQueue {
         }
         self.forget_link().await;
         let channel = self.channel().await?;
-        match declare_model(&channel, &self.topology, model).await {
+        match declare_model(&channel, &self.topology, &self.kind, model).await {
             Ok(n) => Ok(n),
             Err(e) => {
                 self.forget_link().await;
@@ -616,5 +585,8 @@ impl JobQueue for AmqpQueue {
 }
 
 mod consumer;
+mod kind;
 
 use consumer::{OwnQueue, message_job_id};
+use kind::QueueKind;
+pub use kind::{DEFAULT_DELIVERY_LIMIT, QueueType};
