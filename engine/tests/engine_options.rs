@@ -30,7 +30,7 @@ fn client_options_decide_the_devices_an_engine_sees() {
     let err = Engine::load(config(1, 1)).map(|_| ()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("device 1 does not exist (the plugin has 1)"),
+        msg.contains("device 1 does not exist (the plugin has 1 addressable device: 0)"),
         "{msg}"
     );
     // Five devices: the last one holds the weights and scores.
