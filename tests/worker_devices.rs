@@ -130,12 +130,7 @@ async fn devices_all_runs_one_worker_per_device() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status}:\n{}", log_tail(&child.log));
-    let left = h
-        .stores
-        .workers
-        .live_model_workers(MODEL, h.config.worker_liveness)
-        .await
-        .expect("live workers");
+    let left = h.live_workers().await;
     assert!(left.is_empty(), "still live after shutdown: {left:?}");
 
     let q = AmqpQueue::connect(

@@ -20,11 +20,7 @@ fn model_dir() -> PathBuf {
 
 fn config(devices: i64) -> EngineConfig {
     let mut cfg = EngineConfig::new(model_dir(), "tiny-llama".to_string());
-    let mut options = ClientOptions::default();
-    options
-        .push_flag(&format!("cpu_device_count:int={devices}"))
-        .expect("option");
-    cfg.client_options = options;
+    cfg.client_options = ClientOptions::cpu_devices(devices);
     // In memory only: what is compiled is what the counters see.
     cfg.compile_cache = None;
     cfg

@@ -280,18 +280,22 @@ impl Harness {
         uuid::Uuid::parse_str(job["id"].as_str().expect("id")).expect("uuid")
     }
 
+    /// The workers of [`MODEL`] heard from within the liveness window.
+    pub async fn live_workers(&self) -> Vec<String> {
+        self.stores
+            .workers
+            .live_model_workers(MODEL, self.config.worker_liveness)
+            .await
+            .expect("live workers")
+    }
+
     /// Waits until `n` workers of [`MODEL`] beat, and the API's cached live set (refreshed every
     /// `locality.refresh`) has had time to see them; returns their ids. Workers started from
     /// another process count too.
     pub async fn wait_live(&self, n: usize, within: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let live = self
-                .stores
-                .workers
-                .live_model_workers(MODEL, self.config.worker_liveness)
-                .await
-                .expect("live workers");
+            let live = self.live_workers().await;
             if live.len() == n {
                 tokio::time::sleep(self.config.locality.refresh * 3).await;
                 return live;
