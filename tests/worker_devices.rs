@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use scorer_api::rendezvous;
 use scorer_jobs::{AmqpQueue, AmqpTopology};
-use scorer_testkit::process::log_tail;
+use scorer_testkit::process::{log_tail, with_database};
 use scorer_testkit::{
     Backing, Harness, MODEL, amqp_url, assert_same_scores, database_url, direct, redis_url,
 };
@@ -31,7 +31,7 @@ impl Drop for Proc {
     }
 }
 
-fn worker(namespace: &str, devices: &str) -> Proc {
+fn worker(namespace: &str, database_url: &str, devices: &str) -> Proc {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let log = dir.join(format!("{namespace}-worker.log"));
     let stderr = std::fs::File::create(&log).expect("log file");
@@ -42,7 +42,7 @@ fn worker(namespace: &str, devices: &str) -> Proc {
         .args(["--worker-queue-ttl-ms", "120000"])
         .env("AMQP_URL", amqp_url())
         .env("REDIS_URL", redis_url())
-        .env("DATABASE_URL", database_url())
+        .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -68,11 +68,28 @@ fn body(aisle: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_all_runs_one_worker_per_device() {
+    // A database of its own: a schema migrated by another checkout's newer migrations cannot
+    // stop this one from starting.
+    let db = format!(
+        "devices_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .expect("create the test database");
+    let db_url = with_database(&database_url(), &db);
     let h = Harness::start(Backing::Real, |c| {
         c.locality.refresh = Duration::from_millis(100);
+        c.stores.database_url = Some(db_url.clone());
     })
     .await;
-    let mut child = worker(&h.config.namespace, "all");
+    let mut child = worker(&h.config.namespace, &db_url, "all");
     // Loading the model and uploading it twice takes a while on a busy 2-core machine.
     let mut live = h.wait_live(2, Duration::from_secs(300)).await;
     live.sort();
