@@ -11,6 +11,7 @@ use scorer::{fetch, home};
 use scorer_api::{AuthMode, ServiceConfig};
 use scorer_engine::frontend::Frontend;
 use scorer_engine::model::DType;
+use scorer_engine::pjrt::DeviceSelection;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{
     Items, LabelIds, Limits, Preparer, ScoreBackend, ScoreRequest, TextOrTokens,
@@ -59,12 +60,15 @@ enum Command {
         #[command(flatten)]
         service: ServiceArgs,
     },
-    /// A worker alone (distributed deployment: needs the three URLs).
+    /// A worker alone (distributed deployment: needs the three URLs); one per device with
+    /// --devices.
     Worker {
         #[command(flatten)]
         engine: EngineArgs,
         #[command(flatten)]
         service: ServiceArgs,
+        #[command(flatten)]
+        devices: DeviceArgs,
     },
     /// Apply the Postgres migrations and exit.
     Migrate {
@@ -125,7 +129,7 @@ struct EngineArgs {
     /// GPUs/TPUs); bf16-storage (bf16 weights, f32 compute — half the memory on a CPU).
     #[arg(long, env = "SCORER_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
-    /// Which of the plugin's devices holds the weights.
+    /// Which of the plugin's devices holds the weights (`scorer worker --devices` for several).
     #[arg(long, env = "SCORER_DEVICE", default_value_t = 0)]
     device: usize,
     /// Device memory (MiB) for keys/values of hot prefixes kept between batches (0: none kept).
@@ -150,6 +154,22 @@ struct EngineArgs {
     #[arg(long, env = "SCORER_PREFIX_MIN_TOKENS",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_MIN_TOKENS)]
     prefix_min_tokens: usize,
+}
+
+/// Several devices from one `scorer worker` (docs/ACCELERATORS.md, "Several devices").
+#[derive(Args, Clone)]
+struct DeviceArgs {
+    /// Serve several of the plugin's devices: `all`, or indices such as `0,2`. One plugin load
+    /// and one PJRT client; per device its own engine thread, prefix cache and worker (id
+    /// `<id>-dev<N>`, own queue). Instead of --device.
+    #[arg(long, env = "SCORER_DEVICES", conflicts_with = "device",
+        value_parser = parse_devices)]
+    devices: Option<DeviceSelection>,
+}
+
+fn parse_devices(s: &str) -> Result<DeviceSelection, String> {
+    s.parse()
+        .map_err(|e: scorer_engine::pjrt::DeviceError| e.to_string())
 }
 
 /// Where the service listens and which external services it uses.
@@ -352,9 +372,19 @@ fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()
             let engine = Arc::new(Engine::load(engine_cfg)?);
             runtime.block_on(roles::serve(config, worker, engine, shutdown))
         }
-        Role::Worker => {
-            let engine: Arc<dyn ScoreBackend> = Arc::new(Engine::load(engine_cfg)?);
-            runtime.block_on(roles::run_worker(config, worker, engine, shutdown))
+        Role::Worker(devices) => {
+            let engines = match devices {
+                Some(devices) => Engine::load_devices(engine_cfg, &devices)?,
+                None => vec![Engine::load(engine_cfg)?],
+            };
+            let backends = engines
+                .into_iter()
+                .map(|engine| roles::DeviceBackend {
+                    device: engine.device(),
+                    backend: Arc::new(engine) as Arc<dyn ScoreBackend>,
+                })
+                .collect();
+            runtime.block_on(roles::run_worker(config, worker, backends, shutdown))
         }
     };
     // A pass the shutdown grace gave up on still runs on a blocking thread: dropping the
@@ -363,11 +393,11 @@ fn run_role(engine: &EngineArgs, service: &ServiceArgs, role: Role) -> Result<()
     ran
 }
 
-#[derive(Clone, Copy)]
 enum Role {
     Serve,
     Api,
-    Worker,
+    /// With the devices of `--devices` (else the one of `--device`).
+    Worker(Option<DeviceSelection>),
 }
 
 fn parse_auth(s: &str) -> Result<AuthMode, String> {
@@ -447,7 +477,11 @@ fn run() -> Result<()> {
         }
         Command::Serve { engine, service } => run_role(&engine, &service, Role::Serve),
         Command::Api { engine, service } => run_role(&engine, &service, Role::Api),
-        Command::Worker { engine, service } => run_role(&engine, &service, Role::Worker),
+        Command::Worker {
+            engine,
+            service,
+            devices,
+        } => run_role(&engine, &service, Role::Worker(devices.devices)),
         Command::Migrate { database_url } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(scorer_api::migrate(&database_url))?;

@@ -3,7 +3,7 @@
 //!   configured everything is in-process (embedded mode);
 //! - [`run_api`]: the HTTP API alone over RabbitMQ, Redis and Postgres. It holds a
 //!   [`Preparer`] (tokenizer and model metadata; `scorer api` loads no weights);
-//! - [`run_worker`]: a worker alone, which holds the engine.
+//! - [`run_worker`]: workers alone, one per device, each holding that device's engine.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -116,22 +116,55 @@ pub async fn run_api(
     serve_app(listener, app, http, shutdown).await
 }
 
-/// `scorer worker`: consume the backend's model queue until `shutdown`, then drain.
+/// One device's backend for [`run_worker`].
+pub struct DeviceBackend {
+    /// The device's index among the plugin's addressable devices (names the worker).
+    pub device: usize,
+    pub backend: Arc<dyn ScoreBackend>,
+}
+
+/// `scorer worker`: one worker per backend (one per device with `--devices`), each consuming the
+/// model's queue until `shutdown`, then draining. With several backends each worker is named
+/// `<worker id>-dev<device>`, so each has its own queue and entry in the live set, and the API
+/// steers a prefix to the device whose cache holds it. A worker that stops on its own (its
+/// engine died) stops the others too, and the process fails, so its supervisor restarts it
+/// whole.
 pub async fn run_worker(
     config: ServiceConfig,
     worker_config: WorkerConfig,
-    backend: Arc<dyn ScoreBackend>,
+    backends: Vec<DeviceBackend>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     require_all(&config, "worker")?;
+    anyhow::ensure!(!backends.is_empty(), "a worker needs at least one device");
     let stores = connect_stores(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let stop = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = stop.send(true);
     });
-    worker(&config, worker_config, &stores, backend)
-        .run(stop_rx)
-        .await?;
-    Ok(())
+    let several = backends.len() > 1;
+    let mut running = tokio::task::JoinSet::new();
+    for DeviceBackend { device, backend } in backends {
+        let mut one = worker_config.clone();
+        if several {
+            one.worker_id = format!("{}-dev{device}", worker_config.worker_id);
+        }
+        running.spawn(worker(&config, one, &stores, backend).run(stop_rx.clone()));
+    }
+    let mut failed = None;
+    while let Some(done) = running.join_next().await {
+        let result = match done {
+            Ok(result) => result.map_err(|e| anyhow::Error::new(e).context("worker failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("worker task failed")),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %format!("{e:#}"), "a worker stopped: stopping the others");
+            let _ = stop_tx.send(true);
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }

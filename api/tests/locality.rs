@@ -8,13 +8,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Backing, Harness, MODEL};
+use common::{Backing, Harness};
 use reqwest::StatusCode;
 use scorer_api::rendezvous;
-use scorer_protocol::ScoreRequest;
-use scorer_protocol::job::{JobStatus, locality_key};
+use scorer_protocol::job::JobStatus;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 /// A query long enough (well over 32 tokens) for its jobs to carry a locality key.
 fn query(topic: &str) -> String {
@@ -34,45 +32,8 @@ fn body(topic: &str, items: &[&str]) -> Value {
     })
 }
 
-/// The locality key the API computes for `body` (the engine's tokenizer, as the API uses it).
 fn key_of(h: &Harness, body: &Value) -> u64 {
-    let req: ScoreRequest = serde_json::from_value(body.clone()).expect("request");
-    let job = scorer_protocol::ScoreBackend::prepare(h.engine.as_ref(), &req).expect("prepares");
-    locality_key(&job).expect("a long shared query has a key")
-}
-
-async fn submit(h: &Harness, body: &Value) -> Uuid {
-    let (status, _, job) = h.post("/v1/score/jobs", body).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    Uuid::parse_str(job["id"].as_str().expect("id")).expect("uuid")
-}
-
-/// Waits until both workers beat and the API's cached live set (refreshed every 100 ms here)
-/// has had time to see them.
-async fn wait_live(h: &Harness, n: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let live = h
-            .stores
-            .workers
-            .live_model_workers(MODEL, h.config.worker_liveness)
-            .await
-            .expect("live workers");
-        if live.len() == n {
-            tokio::time::sleep(h.config.locality.refresh * 3).await;
-            return live;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "live: {live:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The worker recorded in the audit row of a finished job.
-async fn ran_on(h: &Harness, id: Uuid) -> (String, i32) {
-    let job = h.wait_terminal(&id.to_string()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let row = h.stores.audit.get(id).await.expect("audit").expect("row");
-    (row.worker.expect("a worker ran it"), row.attempts)
+    h.locality_key(body).expect("a long shared query has a key")
 }
 
 const ITEMS: [&str; 3] = [" a kettle", " a pair of socks", " a garden hose"];
@@ -87,7 +48,7 @@ async fn jobs_sharing_a_prefix_run_on_one_worker() {
     .await;
     h.start_worker();
     h.start_worker();
-    let live = wait_live(&h, 2).await;
+    let live = h.wait_live(2, Duration::from_secs(20)).await;
 
     let topics = [
         "kitchen", "clothing", "garden", "toys", "books", "music", "sports", "tools",
@@ -102,7 +63,7 @@ async fn jobs_sharing_a_prefix_run_on_one_worker() {
         for items in [&ITEMS[..], &ITEMS[..1], &ITEMS[1..]] {
             let b = body(topic, items);
             assert_eq!(key_of(&h, &b), key, "items do not change the key");
-            jobs.push((topic, home.clone(), submit(&h, &b).await));
+            jobs.push((topic, home.clone(), h.submit(&b).await));
         }
     }
     assert_eq!(
@@ -111,17 +72,17 @@ async fn jobs_sharing_a_prefix_run_on_one_worker() {
         "eight prefixes spread over both workers"
     );
     // A short query has no key: it goes to the shared queue and runs wherever.
-    let unkeyed = submit(&h, &common::score_body()).await;
+    let unkeyed = h.submit(&common::score_body()).await;
 
     for (topic, home, id) in jobs {
-        let (worker, attempts) = ran_on(&h, id).await;
+        let (worker, attempts) = h.ran_on(id).await;
         assert_eq!(
             worker, home,
             "a {topic} job ran away from its prefix's worker"
         );
         assert_eq!(attempts, 1);
     }
-    ran_on(&h, unkeyed).await;
+    h.ran_on(unkeyed).await;
 
     let (status, _, metrics) = h.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
@@ -149,7 +110,7 @@ async fn a_killed_workers_jobs_finish_on_the_other_worker() {
     .await;
     h.start_worker();
     h.start_worker();
-    let live = wait_live(&h, 2).await;
+    let live = h.wait_live(2, Duration::from_secs(20)).await;
     let key = key_of(&h, &body("kitchen", &ITEMS));
     let owner = rendezvous(key, &live).expect("live").to_string();
     let (owner_index, survivor) = if owner == h.worker_id(0) {
@@ -160,7 +121,7 @@ async fn a_killed_workers_jobs_finish_on_the_other_worker() {
 
     let mut ids = Vec::new();
     for _ in 0..12 {
-        ids.push(submit(&h, &body("kitchen", &ITEMS)).await);
+        ids.push(h.submit(&body("kitchen", &ITEMS)).await);
     }
     // Kill the owner as soon as it has started one of them (it holds all 12 by then: they fit
     // its prefetch window).
@@ -184,12 +145,12 @@ async fn a_killed_workers_jobs_finish_on_the_other_worker() {
     // More of the same prefix after the death: first still steered to the dead worker's queue
     // (its heartbeat is fresh for a moment), later to the survivor.
     for _ in 0..3 {
-        ids.push(submit(&h, &body("kitchen", &ITEMS)).await);
+        ids.push(h.submit(&body("kitchen", &ITEMS)).await);
     }
 
     let mut on_survivor = 0;
     for id in &ids {
-        let (worker, _) = ran_on(&h, *id).await;
+        let (worker, _) = h.ran_on(*id).await;
         if worker == survivor {
             on_survivor += 1;
         } else {

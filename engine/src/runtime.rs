@@ -1,8 +1,13 @@
-//! The engine as a service: tokenizer on the caller's side, PJRT on one dedicated thread.
+//! The engine as a service: tokenizer on the caller's side, PJRT on one dedicated thread per
+//! device.
 //!
-//! PJRT handles are owned by a single engine thread (one actor per concern); callers send it work
-//! over a channel and block on the reply. Tokenization and validation happen on the caller's thread
-//! so the device thread only ever runs forward passes.
+//! A device's weights, executables in use and prefix cache are owned by that device's engine
+//! thread (one actor per concern); callers send it work over a channel and block on the reply.
+//! Tokenization and validation happen on the caller's thread so the device thread only ever
+//! runs forward passes. Several devices of one plugin ([`Engine::load_devices`]) share one
+//! plugin load and one PJRT client (a thread-safe object; the plugin wants one client per
+//! process), so a program is compiled once for all of them; each device gets its own thread and
+//! prefix cache, and each [`Engine`] is a separate backend (a worker with its own queue).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +24,7 @@ use scorer_protocol::{
 use crate::coalesce::{PrefixGroup, group_by_prefix};
 use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
-use crate::pjrt::{Client, ClientOptions, Plugin};
+use crate::pjrt::{Client, ClientOptions, DeviceSelection, Plugin};
 use crate::prefix_cache::PrefixCache;
 use crate::scoring::{Limits, RowValues, finish_row, prepare};
 use crate::tokenizer::Tokenizer;
@@ -36,7 +41,8 @@ pub struct EngineConfig {
     /// empty: the plugin's defaults.
     pub client_options: ClientOptions,
     pub dtype: DType,
-    /// Which of the plugin's addressable devices holds the weights.
+    /// Which of the plugin's addressable devices holds the weights ([`Engine::load`];
+    /// [`Engine::load_devices`] takes a selection instead).
     pub device: usize,
     pub limits: Limits,
     pub packing: Packing,
@@ -99,55 +105,94 @@ pub struct Engine {
     tokenizer: Arc<Tokenizer>,
     config: ModelConfig,
     limits: Limits,
+    device: usize,
     tx: mpsc::Sender<Command>,
 }
 
 impl Engine {
-    /// Loads the tokenizer and weights, starts the engine thread and uploads the weights to the
-    /// device once. Returns when the engine can score.
+    /// Loads the tokenizer and weights, starts the engine thread of `cfg.device` and uploads the
+    /// weights to that device once. Returns when the engine can score.
     pub fn load(cfg: EngineConfig) -> Result<Engine> {
+        let device = cfg.device;
+        Engine::load_devices(cfg, &DeviceSelection::one(device))?
+            .pop()
+            .ok_or_else(|| anyhow!("no engine started on device {device}"))
+    }
+
+    /// One engine per selected device (`cfg.device` is not looked at), in the selection's
+    /// order: ONE plugin load and ONE PJRT client for all of them, the host weights read
+    /// once and uploaded to each device, and one engine thread per device with its own
+    /// prefix cache. Programs are compiled once for all devices (the client shares
+    /// executables). A device the plugin does not have fails before any weight is read.
+    pub fn load_devices(cfg: EngineConfig, devices: &DeviceSelection) -> Result<Vec<Engine>> {
         let started = Instant::now();
+        let client = open_client(&cfg)?;
+        let devices = devices
+            .resolve(client.device_count())
+            .with_context(|| format!("choosing devices of {}", cfg.plugin_path.display()))?;
         let tokenizer =
             Arc::new(Tokenizer::for_model(&cfg.model_path).with_context(|| {
                 format!("loading the tokenizer of {}", cfg.model_path.display())
             })?);
-        let host = weights::load(&cfg.model_path)
-            .with_context(|| format!("loading weights from {}", cfg.model_path.display()))?;
+        let host = Arc::new(
+            weights::load(&cfg.model_path)
+                .with_context(|| format!("loading weights from {}", cfg.model_path.display()))?,
+        );
         let config = host.config.clone();
         tracing::info!(model = %cfg.model_id, arch = %config.arch, layers = config.num_layers,
             elapsed_ms = started.elapsed().as_millis() as u64, "weights loaded");
 
-        let (tx, rx) = mpsc::channel::<Command>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
-        let thread_cfg = cfg.clone();
-        thread::Builder::new()
-            .name("scorer-engine".into())
-            .spawn(move || {
-                let model = match start_device(&thread_cfg, host) {
-                    Ok(model) => {
-                        let _ = ready_tx.send(Ok(()));
-                        model
+        // Every device uploads at once; each thread lets go of the host weights once its copy
+        // is on the device, so they are freed when the last upload ends.
+        let mut starting = Vec::with_capacity(devices.len());
+        for &device in &devices {
+            let (tx, rx) = mpsc::channel::<Command>();
+            let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
+            let (thread_cfg, client, host) = (cfg.clone(), client.clone(), host.clone());
+            thread::Builder::new()
+                .name(format!("scorer-engine-{device}"))
+                .spawn(move || {
+                    let model = start_device(&thread_cfg, client, &host, device);
+                    drop(host);
+                    match model {
+                        Ok(model) => {
+                            let _ = ready_tx.send(Ok(()));
+                            serve(&model, &thread_cfg, rx);
+                        }
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err));
+                        }
                     }
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(err));
-                        return;
-                    }
-                };
-                serve(&model, &thread_cfg, rx);
-            })
-            .context("could not start the engine thread")?;
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow!("the engine thread exited during start-up"))??;
-        tracing::info!(model = %cfg.model_id, elapsed_ms = started.elapsed().as_millis() as u64,
-            "engine ready");
-        Ok(Engine {
-            model_id: cfg.model_id,
-            tokenizer,
-            config,
-            limits: cfg.limits,
-            tx,
-        })
+                })
+                .context("could not start an engine thread")?;
+            starting.push((device, tx, ready_rx));
+        }
+        drop(host);
+        let mut engines = Vec::with_capacity(starting.len());
+        for (device, tx, ready_rx) in starting {
+            ready_rx
+                .recv()
+                .map_err(|_| {
+                    anyhow!("the engine thread of device {device} exited during start-up")
+                })?
+                .with_context(|| format!("starting the engine on device {device}"))?;
+            engines.push(Engine {
+                model_id: cfg.model_id.clone(),
+                tokenizer: tokenizer.clone(),
+                config: config.clone(),
+                limits: cfg.limits,
+                device,
+                tx,
+            });
+        }
+        tracing::info!(model = %cfg.model_id, ?devices,
+            elapsed_ms = started.elapsed().as_millis() as u64, "engine ready");
+        Ok(engines)
+    }
+
+    /// Which of the plugin's addressable devices this engine runs on.
+    pub fn device(&self) -> usize {
+        self.device
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -225,8 +270,8 @@ impl ScoreBackend for Engine {
     }
 }
 
-fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model> {
-    let started = Instant::now();
+/// Loads the plugin and creates the one client every device's engine shares.
+fn open_client(cfg: &EngineConfig) -> Result<Client> {
     let plugin = Plugin::load(&cfg.plugin_path)
         .with_context(|| format!("loading the PJRT plugin {}", cfg.plugin_path.display()))?;
     let client = Client::with_client_options(&plugin, &cfg.client_options)
@@ -238,8 +283,19 @@ fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model
                 "GPU client options given to a non-GPU plugin, which ignores them");
         }
     }
+    Ok(client)
+}
+
+/// Uploads the weights to `device` (on that device's engine thread).
+fn start_device(
+    cfg: &EngineConfig,
+    client: Client,
+    host: &weights::ModelWeights,
+    device: usize,
+) -> Result<Model> {
+    let started = Instant::now();
     let mut model =
-        Model::load(client, &host, cfg.dtype, cfg.device).context("uploading the weights")?;
+        Model::load(client, host, cfg.dtype, device).context("uploading the weights")?;
     model.set_max_tokens(cfg.max_batch_tokens);
     if let Some(dir) = &cfg.compile_cache {
         let store = DirStore::new(dir.clone())
@@ -247,7 +303,7 @@ fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model
         model.set_store(Arc::new(store));
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, dtype = ?cfg.dtype,
-        "weights on the device");
+        device, "weights on the device");
     Ok(model)
 }
 

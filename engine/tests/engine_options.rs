@@ -10,11 +10,7 @@ const ALIAS: &str = "smollm2-135m-instruct-q4_1";
 fn config(devices: i64, device: usize) -> EngineConfig {
     let mut cfg = EngineConfig::new(home::model_file(ALIAS), ALIAS.to_string());
     cfg.compile_cache = Some(home::executable_cache());
-    let mut options = ClientOptions::default();
-    options
-        .push_flag(&format!("cpu_device_count:int={devices}"))
-        .expect("option");
-    cfg.client_options = options;
+    cfg.client_options = ClientOptions::cpu_devices(devices);
     cfg.device = device;
     cfg
 }
@@ -30,7 +26,7 @@ fn client_options_decide_the_devices_an_engine_sees() {
     let err = Engine::load(config(1, 1)).map(|_| ()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("device 1 does not exist (the plugin has 1)"),
+        msg.contains("device 1 does not exist (the plugin has 1 addressable device: 0)"),
         "{msg}"
     );
     // Five devices: the last one holds the weights and scores.

@@ -263,6 +263,65 @@ impl Harness {
         .await
     }
 
+    /// The locality key the API computes for `body` (the engine's tokenizer, as the API uses
+    /// it); `None` when its shared prefix is too short to be steered.
+    pub fn locality_key(&self, body: &Value) -> Option<u64> {
+        let req: scorer_protocol::ScoreRequest =
+            serde_json::from_value(body.clone()).expect("request");
+        let job =
+            scorer_protocol::ScoreBackend::prepare(self.engine.as_ref(), &req).expect("prepares");
+        scorer_protocol::job::locality_key(&job)
+    }
+
+    /// Submits `body` as an async job (`202`); returns its id.
+    pub async fn submit(&self, body: &Value) -> uuid::Uuid {
+        let (status, _, job) = self.post("/v1/score/jobs", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        uuid::Uuid::parse_str(job["id"].as_str().expect("id")).expect("uuid")
+    }
+
+    /// The workers of [`MODEL`] heard from within the liveness window.
+    pub async fn live_workers(&self) -> Vec<String> {
+        self.stores
+            .workers
+            .live_model_workers(MODEL, self.config.worker_liveness)
+            .await
+            .expect("live workers")
+    }
+
+    /// Waits until `n` workers of [`MODEL`] beat, and the API's cached live set (refreshed every
+    /// `locality.refresh`) has had time to see them; returns their ids. Workers started from
+    /// another process count too.
+    pub async fn wait_live(&self, n: usize, within: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let live = self.live_workers().await;
+            if live.len() == n {
+                tokio::time::sleep(self.config.locality.refresh * 3).await;
+                return live;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} live workers not seen in {within:?}: {live:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The worker recorded in the audit row of a job once it succeeded, and its attempts.
+    pub async fn ran_on(&self, id: uuid::Uuid) -> (String, i32) {
+        let job = self.wait_terminal(&id.to_string()).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let row = self
+            .stores
+            .audit
+            .get(id)
+            .await
+            .expect("audit")
+            .expect("row");
+        (row.worker.expect("a worker ran it"), row.attempts)
+    }
+
     /// Stops everything and removes this test's broker objects.
     pub async fn finish(mut self) {
         for i in 0..self.workers.len() {

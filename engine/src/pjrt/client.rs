@@ -11,6 +11,7 @@ use super::executable::LoadedExecutable;
 use super::ffi;
 use super::options::ClientOptions;
 use super::plugin::{Api, Event, Plugin, copy_str, pjrt_call};
+use super::shared::{ExecutableMemo, Source};
 use super::types::{ElementType, NativeType};
 
 /// Serialized `xla.CompileOptionsProto`:
@@ -57,6 +58,8 @@ pub(crate) struct ClientInner {
     pub(crate) raw: *mut ffi::PJRT_Client,
     device_ptrs: Vec<*mut ffi::PJRT_Device>,
     devices: Vec<Device>,
+    /// Every live executable of this client, by program (one compilation for all devices).
+    pub(crate) executables: ExecutableMemo,
 }
 
 // SAFETY: a PJRT client wraps `xla::PjRtClient`, whose methods are thread-safe; the
@@ -100,7 +103,8 @@ impl Drop for ClientInner {
     }
 }
 
-/// A PJRT client. Cheap to clone (shared); buffers and executables keep it alive.
+/// A PJRT client. Cheap to clone (shared, also across threads: one client serves every
+/// device of a worker); buffers and executables keep it alive.
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<ClientInner>,
@@ -215,6 +219,7 @@ impl Client {
             raw: a.client,
             device_ptrs: Vec::new(),
             devices: Vec::new(),
+            executables: ExecutableMemo::default(),
         };
         let mut d = ffi::PJRT_Client_AddressableDevices_Args {
             struct_size: ffi::PJRT_Client_AddressableDevices_Args::STRUCT_SIZE,
@@ -349,8 +354,18 @@ impl Client {
 
     /// Compiles a StableHLO module given as MLIR text. The executable can run on any of
     /// the client's devices (see [`LoadedExecutable::execute_on`]); [`LoadedExecutable::execute`]
-    /// uses device 0.
+    /// uses device 0. While an executable of the same text lives (another device's model
+    /// compiled it), that one is returned and the plugin compiles nothing; a caller asking
+    /// while it is being compiled waits for it.
     pub fn compile(&self, mlir: &str) -> Result<LoadedExecutable> {
+        self.inner
+            .executables
+            .get_or_make(Source::Mlir(mlir, COMPILE_OPTIONS), || {
+                self.compile_uncached(mlir)
+            })
+    }
+
+    fn compile_uncached(&self, mlir: &str) -> Result<LoadedExecutable> {
         const FORMAT: &str = "mlir";
         let program = ffi::PJRT_Program {
             struct_size: ffi::PJRT_Program::STRUCT_SIZE,
@@ -375,8 +390,17 @@ impl Client {
     }
 
     /// Loads an executable produced by [`LoadedExecutable::serialize`] with the same
-    /// plugin build.
+    /// plugin build. Like [`Client::compile`], bytes of an executable this client still
+    /// holds give that executable back.
     pub fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+        self.inner
+            .executables
+            .get_or_make(Source::Serialized(bytes), || {
+                self.deserialize_uncached(bytes)
+            })
+    }
+
+    fn deserialize_uncached(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
         let mut a = ffi::PJRT_Executable_DeserializeAndLoad_Args {
             struct_size: ffi::PJRT_Executable_DeserializeAndLoad_Args::STRUCT_SIZE,
             extension_start: ptr::null_mut(),

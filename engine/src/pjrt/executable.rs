@@ -10,17 +10,25 @@ use super::ffi;
 use super::plugin::{Api, Event, pjrt_call};
 
 /// A compiled program. Compiled portable (bound to no device), so it runs on whichever
-/// addressable device [`LoadedExecutable::execute_on`] names.
+/// addressable device [`LoadedExecutable::execute_on`] names: one compilation serves every
+/// device of its client. Cheap to clone (a shared handle); the plugin's executable is
+/// destroyed with the last clone.
+#[derive(Clone)]
 pub struct LoadedExecutable {
+    pub(super) inner: Arc<ExecutableInner>,
+}
+
+/// Sole owner of a `PJRT_LoadedExecutable*`.
+pub(super) struct ExecutableInner {
     client: Arc<ClientInner>,
     raw: *mut ffi::PJRT_LoadedExecutable,
     num_outputs: usize,
 }
 
-// SAFETY: `xla::PjRtLoadedExecutable` is thread-safe (concurrent executions are
-// supported); this wrapper's fields are immutable after construction.
-unsafe impl Send for LoadedExecutable {}
-unsafe impl Sync for LoadedExecutable {}
+// SAFETY: `xla::PjRtLoadedExecutable` is thread-safe (concurrent executions, on one device
+// or several, are supported); this wrapper's fields are immutable after construction.
+unsafe impl Send for ExecutableInner {}
+unsafe impl Sync for ExecutableInner {}
 
 /// Owns a `PJRT_Executable*` (the unloaded view of a loaded executable).
 struct ExecutableView {
@@ -53,7 +61,7 @@ impl LoadedExecutable {
                 "the plugin returned no executable",
             ));
         }
-        let mut exe = LoadedExecutable {
+        let mut exe = ExecutableInner {
             client,
             raw,
             num_outputs: 0,
@@ -67,9 +75,43 @@ impl LoadedExecutable {
         };
         pjrt_call!(view.api, PJRT_Executable_NumOutputs, &mut a)?;
         exe.num_outputs = a.num_outputs;
-        Ok(exe)
+        drop(view);
+        Ok(LoadedExecutable {
+            inner: Arc::new(exe),
+        })
     }
 
+    /// Number of results the program returns (its outputs are untupled).
+    pub fn num_outputs(&self) -> Result<usize> {
+        Ok(self.inner.num_outputs)
+    }
+
+    /// Runs on device 0; see [`LoadedExecutable::execute_on`].
+    pub fn execute(&self, args: &[&Buffer]) -> Result<Vec<Buffer>> {
+        self.execute_on(0, args)
+    }
+
+    /// Runs on addressable device `device` and waits for completion. Every argument must
+    /// live on that device. Arguments are never donated: they are only borrowed, so the
+    /// caller can keep using them (weights stay resident across calls).
+    pub fn execute_on(&self, device: usize, args: &[&Buffer]) -> Result<Vec<Buffer>> {
+        self.inner.execute_on(device, args)
+    }
+
+    /// Plugin-specific bytes that [`super::Client::deserialize_executable`] loads back
+    /// (same plugin build only). Loading these bytes again on the same client while this
+    /// executable lives returns this executable instead of a second copy.
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let bytes = self.inner.serialize()?;
+        self.inner
+            .client
+            .executables
+            .remember_serialized(&bytes, self);
+        Ok(bytes)
+    }
+}
+
+impl ExecutableInner {
     fn view(&self) -> Result<ExecutableView> {
         let api = self.client.api();
         let mut a = ffi::PJRT_LoadedExecutable_GetExecutable_Args {
@@ -91,20 +133,7 @@ impl LoadedExecutable {
         })
     }
 
-    /// Number of results the program returns (its outputs are untupled).
-    pub fn num_outputs(&self) -> Result<usize> {
-        Ok(self.num_outputs)
-    }
-
-    /// Runs on device 0; see [`LoadedExecutable::execute_on`].
-    pub fn execute(&self, args: &[&Buffer]) -> Result<Vec<Buffer>> {
-        self.execute_on(0, args)
-    }
-
-    /// Runs on addressable device `device` and waits for completion. Every argument must
-    /// live on that device. Arguments are never donated: they are only borrowed, so the
-    /// caller can keep using them (weights stay resident across calls).
-    pub fn execute_on(&self, device: usize, args: &[&Buffer]) -> Result<Vec<Buffer>> {
+    fn execute_on(&self, device: usize, args: &[&Buffer]) -> Result<Vec<Buffer>> {
         let dev = self.client.device_ptr(device)?;
         if let Some(i) = args.iter().position(|b| !same_client(b, &self.client)) {
             return Err(Error::invalid(format!(
@@ -169,9 +198,7 @@ impl LoadedExecutable {
             .collect()
     }
 
-    /// Plugin-specific bytes that [`super::Client::deserialize_executable`] loads back
-    /// (same plugin build only).
-    pub fn serialize(&self) -> Result<Vec<u8>> {
+    fn serialize(&self) -> Result<Vec<u8>> {
         let view = self.view()?;
         let mut a = ffi::PJRT_Executable_Serialize_Args {
             struct_size: ffi::PJRT_Executable_Serialize_Args::STRUCT_SIZE,
@@ -206,7 +233,7 @@ impl LoadedExecutable {
     }
 }
 
-impl Drop for LoadedExecutable {
+impl Drop for ExecutableInner {
     fn drop(&mut self) {
         let mut a = ffi::PJRT_LoadedExecutable_Destroy_Args {
             struct_size: ffi::PJRT_LoadedExecutable_Destroy_Args::STRUCT_SIZE,
@@ -222,7 +249,7 @@ impl Drop for LoadedExecutable {
 impl std::fmt::Debug for LoadedExecutable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedExecutable")
-            .field("num_outputs", &self.num_outputs)
+            .field("num_outputs", &self.inner.num_outputs)
             .finish()
     }
 }

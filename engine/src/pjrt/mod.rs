@@ -8,7 +8,9 @@
 //!
 //! `Plugin` loads the shared library; `Client` owns devices, uploads buffers and compiles
 //! StableHLO (MLIR text); `LoadedExecutable` runs on a chosen device; `Buffer` copies
-//! results back. Every PJRT handle is destroyed when its owner drops; buffers and
+//! results back. Executables are compiled portable, so one client compiles a program once
+//! for all its devices (`shared`), and `DeviceSelection` says which devices a process
+//! serves (`select`). Every PJRT handle is destroyed when its owner drops; buffers and
 //! executables keep their client alive.
 //!
 //! Thread safety: PJRT clients, buffers and executables are thread-safe C++ objects and
@@ -23,6 +25,8 @@ mod executable;
 pub mod ffi;
 mod options;
 mod plugin;
+mod select;
+mod shared;
 mod types;
 
 pub use buffer::{Buffer, d2h_bytes_thread, d2h_bytes_total, h2d_bytes_total};
@@ -34,4 +38,6 @@ pub use plugin::{
     AttributeValue, HEADER_API_VERSION, MIN_MINOR_VERSION, Plugin, VersionMismatch,
     check_api_version, default_plugin_path,
 };
+pub use select::{DeviceError, DeviceSelection};
+pub use shared::{ExecutableCounts, executable_counts};
 pub use types::{ElementType, NativeType};

@@ -72,6 +72,15 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// Options asking the CPU plugin for `count` devices (`cpu_device_count`, Int64; the
+    /// plugin's default is 4): how the multi-device path is tested without accelerators.
+    pub fn cpu_devices(count: i64) -> ClientOptions {
+        ClientOptions {
+            extra: vec![("cpu_device_count".to_string(), ClientOption::Int64(count))],
+            ..ClientOptions::default()
+        }
+    }
+
     /// Sets `gpu_memory_fraction` after checking it lies in (0, 1].
     pub fn set_gpu_memory_fraction(&mut self, fraction: f32) -> Result<(), OptionError> {
         if !(fraction > 0.0 && fraction <= 1.0) {
