@@ -97,11 +97,13 @@ if [ "${IMAGE_CHECK_FETCH:-start}" != build ]; then
     scorer fetch --model xla-cpu-pjrt --model "$MODEL"
 fi
 
-say "scorer serve in the container on 127.0.0.1:$PORT"
-volume_arg=(-v "$VOLUME:/var/lib/scorer")
-[ "${IMAGE_CHECK_FETCH:-start}" = build ] && volume_arg=()
-podman_ run -d --name "$NAME" "${ULIMITS[@]}" --network host -e SCORER_LISTEN="127.0.0.1:$PORT" \
-  "${volume_arg[@]}" "$IMAGE" >/dev/null
+# As deploy/k8s runs it: a read-only root file system, /tmp and SCORER_HOME (or, with the
+# artifacts inside the image, only its compile cache) writable.
+say "scorer serve in the container on 127.0.0.1:$PORT (read-only root file system)"
+home_arg=(-v "$VOLUME:/var/lib/scorer")
+[ "${IMAGE_CHECK_FETCH:-start}" = build ] && home_arg=(--tmpfs /var/lib/scorer/executables:rw,mode=1777)
+podman_ run -d --name "$NAME" "${ULIMITS[@]}" --network host --read-only --tmpfs /tmp \
+  -e SCORER_LISTEN="127.0.0.1:$PORT" "${home_arg[@]}" "$IMAGE" >/dev/null
 for ((i = 0; i < 300; i++)); do
   curl -fsS -o /dev/null "http://127.0.0.1:$PORT/ready" && break
   if [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" != true ]; then
