@@ -104,14 +104,16 @@ home_arg=(-v "$VOLUME:/var/lib/scorer")
 [ "${IMAGE_CHECK_FETCH:-start}" = build ] && home_arg=(--tmpfs /var/lib/scorer/executables:rw,mode=1777)
 podman_ run -d --name "$NAME" "${ULIMITS[@]}" --network host --read-only --tmpfs /tmp \
   -e SCORER_LISTEN="127.0.0.1:$PORT" "${home_arg[@]}" "$IMAGE" >/dev/null
+started=$(date +%s)
 for ((i = 0; i < 300; i++)); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/ready" && break
+  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/ready" 2>/dev/null && break
   if [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" != true ]; then
     podman logs "$NAME" | tail -30; echo "image-check: the container exited" >&2; exit 1
   fi
   sleep 1
 done
 curl -fsS "http://127.0.0.1:$PORT/ready"; echo
+say "ready after $(( $(date +%s) - started )) s"
 podman_ healthcheck run "$NAME" && say "HEALTHCHECK: healthy"
 body='{"query":"Is Paris the capital of France? Answer:","items":[" Yes"," No"],"label_token_ids":[9454,2753],"apply_softmax":true}'
 scores="$(curl -fsS -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$PORT/v1/score")"
