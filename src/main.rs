@@ -77,6 +77,9 @@ enum Command {
     },
     /// Make, list and revoke API keys (kept hashed in Postgres).
     Keys(scorer::keys::KeysArgs),
+    /// Retention: delete finished jobs and batches older than --older-than from Postgres, in
+    /// bounded transactions (run it from cron or a Kubernetes CronJob; docs/OPERATIONS.md).
+    Prune(scorer::prune::PruneArgs),
     /// Score a JSONL file through a running service's batches API: progress bar, resumable
     /// (custom_ids already in the output or error file are skipped).
     Bulk(scorer::bulk::BulkArgs),
@@ -474,6 +477,10 @@ fn run() -> Result<()> {
         Command::Keys(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(scorer::keys::main(args))
+        }
+        Command::Prune(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(scorer::prune::main(args))
         }
         Command::Serve { engine, service } => run_role(&engine, &service, Role::Serve),
         Command::Api { engine, service } => run_role(&engine, &service, Role::Api),

@@ -65,7 +65,7 @@ pub async fn connect_stores(config: &ServiceConfig) -> anyhow::Result<Stores> {
             (Arc::new(store), Arc::new(batches), Some(keys))
         }
         None => {
-            let audit: Arc<dyn AuditStore> = Arc::new(MemoryAuditStore::new());
+            let audit = Arc::new(MemoryAuditStore::new());
             let batches = MemoryBatchStore::new(audit.clone());
             (audit, Arc::new(batches), None)
         }

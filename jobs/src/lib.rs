@@ -23,7 +23,7 @@ pub use audit::{
 };
 pub use batches::{
     BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult,
-    MemoryBatchStore, PostgresBatchStore,
+    MemoryBatchStore, PostgresBatchStore, Pruned,
 };
 pub use deadline::Deadline;
 pub use error::StoreError;

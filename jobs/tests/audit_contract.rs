@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{database_url, unique};
+use common::{database_url, retention, unique};
 use scorer_jobs::{
     AuditStore, CancelOutcome, Inserted, MemoryAuditStore, PostgresAuditStore, StartOutcome,
 };
@@ -207,6 +207,62 @@ async fn active_jobs_counts_unfinished_interactive_work(s: &dyn AuditStore) {
     assert_eq!(s.active_jobs(&tenant).await.expect("count"), 0);
 }
 
+/// Retention deletes finished jobs finished before the cutoff, a bounded number per call, and
+/// never a queued or running job (even one carrying a stale `finished_at`) or a newer one.
+async fn prune_deletes_only_old_finished_jobs(s: &dyn AuditStore) {
+    let done_at = |status, at| {
+        let mut r = outcome(record(), status);
+        r.finished_at = Some(at);
+        r.idempotency_key = Some(unique("key"));
+        r
+    };
+    let old_ok = done_at(JobStatus::Succeeded, retention::old());
+    let old_failed = done_at(JobStatus::Failed, retention::old());
+    let newer = done_at(JobStatus::Succeeded, retention::kept());
+    for r in [&old_ok, &old_failed, &newer] {
+        s.finish(r).await.expect("finish");
+    }
+    let old_cancelled = record();
+    s.insert(&old_cancelled).await.expect("insert");
+    s.cancel(old_cancelled.id, retention::old())
+        .await
+        .expect("cancel");
+    let mut queued = record();
+    queued.finished_at = Some(retention::old());
+    s.insert(&queued).await.expect("insert");
+    let running = record();
+    s.insert(&running).await.expect("insert");
+    s.start(running.id, "w", retention::old())
+        .await
+        .expect("start");
+
+    assert!(
+        s.prune(retention::cutoff(), 1).await.expect("prune") <= 1,
+        "one call deletes at most its limit"
+    );
+    while s.prune(retention::cutoff(), 2).await.expect("prune") > 0 {}
+    for gone in [&old_ok, &old_failed, &old_cancelled] {
+        assert_eq!(
+            s.get(gone.id).await.expect("get"),
+            None,
+            "{:?} goes",
+            gone.status
+        );
+    }
+    for kept in [&newer, &queued, &running] {
+        assert!(
+            s.get(kept.id).await.expect("get").is_some(),
+            "a {:?} job stays",
+            kept.status
+        );
+    }
+    // A pruned job's idempotency key names nothing any more.
+    let mut again = record();
+    again.tenant = old_ok.tenant.clone();
+    again.idempotency_key = old_ok.idempotency_key.clone();
+    assert_eq!(s.insert(&again).await.expect("insert"), Inserted::Created);
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -242,6 +298,7 @@ contract!(
     finish_upserts_missing_row,
     cancel_only_before_start,
     active_jobs_counts_unfinished_interactive_work,
+    prune_deletes_only_old_finished_jobs,
 );
 
 /// The in-process store forgets the oldest finished jobs past its capacity, and only those.

@@ -5,12 +5,13 @@ mod common;
 
 use std::sync::Arc;
 
-use chrono::Duration;
-use common::{database_url, unique};
+use chrono::{DateTime, Duration, Utc};
+use common::{database_url, retention, unique};
 use scorer_jobs::batches::lifecycle;
 use scorer_jobs::{
     AuditStore, BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError,
-    MemoryAuditStore, MemoryBatchStore, PostgresAuditStore, PostgresBatchStore, StartOutcome,
+    MemoryAuditStore, MemoryBatchStore, PostgresAuditStore, PostgresBatchStore, Pruned,
+    StartOutcome,
 };
 use scorer_protocol::ScoreResponse;
 use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus, now_millis};
@@ -34,7 +35,7 @@ async fn postgres() -> Pair {
 }
 
 fn memory() -> Pair {
-    let audit: Arc<dyn AuditStore> = Arc::new(MemoryAuditStore::new());
+    let audit = Arc::new(MemoryAuditStore::new());
     Pair {
         batches: Arc::new(MemoryBatchStore::new(audit.clone())),
         audit,
@@ -82,16 +83,17 @@ fn line(b: &BatchRecord, custom_id: &str) -> BatchLine {
 }
 
 async fn run_job(p: &Pair, l: &BatchLine, status: JobStatus) {
-    let StartOutcome::Started(mut r) = p
-        .audit
-        .start(l.record.id, "w", now_millis())
-        .await
-        .expect("start")
+    run_job_at(p, l, status, now_millis()).await;
+}
+
+/// Starts the line's job and finishes it with `status` at `at`.
+async fn run_job_at(p: &Pair, l: &BatchLine, status: JobStatus, at: DateTime<Utc>) {
+    let StartOutcome::Started(mut r) = p.audit.start(l.record.id, "w", at).await.expect("start")
     else {
         panic!("job {} did not start", l.custom_id);
     };
     r.status = status;
-    r.finished_at = Some(now_millis());
+    r.finished_at = Some(at);
     match status {
         JobStatus::Succeeded => {
             r.result = Some(ScoreResponse::new(vec![vec![0.25, 0.75]], "m", 3));
@@ -458,6 +460,167 @@ async fn lifecycle_moves_only_what_its_jobs_allow(p: &Pair) {
     assert_eq!(b.status, BatchStatus::Cancelled);
 }
 
+/// A batch with the lines named, all of them added; the batch moved to `in_progress`.
+async fn batch_with(p: &Pair, custom_ids: &[&str]) -> (BatchRecord, Vec<BatchLine>) {
+    let b = batch(&unique("tenant"));
+    p.batches.create(&b).await.expect("create");
+    let lines: Vec<BatchLine> = custom_ids.iter().map(|c| line(&b, c)).collect();
+    assert!(
+        p.batches
+            .add_lines(b.id, &lines)
+            .await
+            .expect("add")
+            .is_empty()
+    );
+    p.batches
+        .transition(
+            b.id,
+            &[BatchStatus::Validating],
+            BatchStatus::InProgress,
+            b.created_at,
+            None,
+        )
+        .await
+        .expect("transition");
+    (b, lines)
+}
+
+async fn end(p: &Pair, b: &BatchRecord, to: BatchStatus, at: DateTime<Utc>) {
+    let moved = p
+        .batches
+        .transition(b.id, &[BatchStatus::InProgress], to, at, None)
+        .await
+        .expect("transition");
+    assert!(moved.is_some(), "batch {} moves to {to:?}", b.id);
+}
+
+/// Retention takes a batch whole, with its lines and rejected lines, once it finished before
+/// the cutoff; the audit store's own retention never takes a batch's line; a line still running
+/// keeps itself and its batch until it finishes.
+async fn prune_takes_finished_batches_whole(p: &Pair) {
+    // Each batch reaches its final status before its lines finish: an API's lifecycle sweep
+    // (other tests run some on this database) only moves open batches with nothing pending.
+    let (done, done_lines) = batch_with(p, &["a", "b"]).await;
+    end(p, &done, BatchStatus::Completed, retention::old()).await;
+    run_job_at(p, &done_lines[0], JobStatus::Succeeded, retention::old()).await;
+    run_job_at(p, &done_lines[1], JobStatus::Failed, retention::old()).await;
+    let rejected = LineError {
+        line: 3,
+        custom_id: None,
+        message: "not JSON".into(),
+    };
+    p.batches
+        .add_errors(done.id, std::slice::from_ref(&rejected))
+        .await
+        .expect("errors");
+
+    let (expired, expired_lines) = batch_with(p, &["ran", "running"]).await;
+    end(p, &expired, BatchStatus::Expired, retention::old()).await;
+    run_job_at(p, &expired_lines[0], JobStatus::Succeeded, retention::old()).await;
+    p.audit
+        .start(expired_lines[1].record.id, "w", retention::old())
+        .await
+        .expect("start");
+
+    let (recent, recent_lines) = batch_with(p, &["a"]).await;
+    end(p, &recent, BatchStatus::Completed, retention::kept()).await;
+    run_job_at(p, &recent_lines[0], JobStatus::Succeeded, retention::old()).await;
+
+    // Still open (a sweep may complete it now: then it finished after the cutoff).
+    let (open, open_lines) = batch_with(p, &["a"]).await;
+    run_job_at(p, &open_lines[0], JobStatus::Succeeded, retention::old()).await;
+
+    while p
+        .audit
+        .prune(retention::cutoff(), 100)
+        .await
+        .expect("prune")
+        > 0
+    {}
+    let all_lines = [&done_lines, &expired_lines, &recent_lines, &open_lines];
+    for l in all_lines.iter().flat_map(|ls| ls.iter()) {
+        assert!(
+            p.audit.get(l.record.id).await.expect("get").is_some(),
+            "the audit store's retention leaves line {} to its batch",
+            l.custom_id
+        );
+    }
+
+    let first = p
+        .batches
+        .prune(retention::cutoff(), 1)
+        .await
+        .expect("prune");
+    assert!(first.jobs <= 1 && first.batches <= 1, "bounded: {first:?}");
+    while p
+        .batches
+        .prune(retention::cutoff(), 1)
+        .await
+        .expect("prune")
+        != Pruned::default()
+    {}
+
+    assert_eq!(p.batches.get(done.id).await.expect("get"), None);
+    for l in done_lines.iter().chain(&expired_lines[..1]) {
+        assert_eq!(
+            p.audit.get(l.record.id).await.expect("get"),
+            None,
+            "{}",
+            l.custom_id
+        );
+    }
+    assert!(
+        p.batches
+            .line_errors(done.id, 0, 10)
+            .await
+            .expect("errors")
+            .is_empty()
+    );
+    assert!(
+        p.audit
+            .get(expired_lines[1].record.id)
+            .await
+            .expect("get")
+            .is_some(),
+        "a running line is never deleted"
+    );
+    for (b, ls) in [
+        (&expired, &expired_lines[1..]),
+        (&recent, &recent_lines[..]),
+        (&open, &open_lines[..]),
+    ] {
+        assert!(
+            p.batches.get(b.id).await.expect("get").is_some(),
+            "batch {:?} stays",
+            b.status
+        );
+        for l in ls {
+            assert!(p.audit.get(l.record.id).await.expect("get").is_some());
+        }
+    }
+
+    // Once its last line finishes, the expired batch goes too.
+    let mut last = p
+        .audit
+        .get(expired_lines[1].record.id)
+        .await
+        .expect("get")
+        .expect("row");
+    last.status = JobStatus::Failed;
+    last.finished_at = Some(now_millis());
+    last.error = Some("engine failed".into());
+    p.audit.finish(&last).await.expect("finish");
+    while p
+        .batches
+        .prune(retention::cutoff(), 10)
+        .await
+        .expect("prune")
+        != Pruned::default()
+    {}
+    assert_eq!(p.batches.get(expired.id).await.expect("get"), None);
+    assert_eq!(p.audit.get(last.id).await.expect("get"), None);
+}
+
 macro_rules! contract {
     ($name:ident) => {
         mod $name {
@@ -480,3 +643,4 @@ contract!(create_get_list_paginate);
 contract!(transitions_are_compare_and_set);
 contract!(lines_duplicates_counts_results);
 contract!(lifecycle_moves_only_what_its_jobs_allow);
+contract!(prune_takes_finished_batches_whole);

@@ -26,3 +26,31 @@ pub fn envelope(model: &str, priority: JobPriority, tokens: Vec<u32>) -> JobEnve
         locality: None,
     }
 }
+
+/// Retention tests share the real Postgres with every other test, so they work in a past no
+/// other row is in: rows finished at [`retention::old`] are past the cutoff
+/// [`retention::cutoff`], rows at [`retention::kept`] are not. Two runs at once delete each
+/// other's old rows only, which both expect; neither can delete a row the other keeps.
+pub mod retention {
+    use chrono::{DateTime, Utc};
+
+    fn day(n: i64) -> DateTime<Utc> {
+        // 2000-01-01T00:00:00Z plus n days.
+        DateTime::from_timestamp(946_684_800 + n * 86_400, 0).unwrap_or_default()
+    }
+
+    /// When the rows that must go finished.
+    pub fn old() -> DateTime<Utc> {
+        day(0)
+    }
+
+    /// The cutoff every retention test prunes at.
+    pub fn cutoff() -> DateTime<Utc> {
+        day(1)
+    }
+
+    /// When the rows that must stay finished (after the cutoff, long before any real row).
+    pub fn kept() -> DateTime<Utc> {
+        day(2)
+    }
+}

@@ -1,6 +1,6 @@
 //! In-process audit store for the embedded mode (not durable across restarts).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -27,6 +27,9 @@ struct State {
     /// Per tenant, how many jobs `active_jobs` counts; kept up to date on every transition so
     /// a submission does not scan every stored job.
     active: HashMap<String, u64>,
+    /// Jobs that are lines of a batch (recorded through [`MemoryAuditStore::insert_batch_line`]):
+    /// retention leaves them to their batch, as the Postgres store does by `batch_id`.
+    batch_lines: HashSet<Uuid>,
 }
 
 /// Whether `active_jobs` counts this job.
@@ -50,12 +53,42 @@ impl State {
             let Some(old) = self.finished.pop_front() else {
                 break;
             };
-            if let Some(job) = self.jobs.remove(&old)
-                && let Some(key) = job.idempotency_key
-            {
-                self.by_key.remove(&(job.tenant, key));
-            }
+            self.forget(old);
         }
+    }
+
+    /// Drops a job and what indexes it (not its place in `finished`).
+    fn forget(&mut self, id: Uuid) {
+        self.batch_lines.remove(&id);
+        if let Some(job) = self.jobs.remove(&id)
+            && let Some(key) = job.idempotency_key
+        {
+            self.by_key.remove(&(job.tenant, key));
+        }
+    }
+
+    /// Deletes at most `limit` of the finished jobs among `ids` (unfinished ones stay), keeping
+    /// the eviction order of the rest. Returns the ids no longer stored (deleted now or gone
+    /// before) and how many were deleted now.
+    fn delete_finished(&mut self, ids: &[Uuid], limit: usize) -> (Vec<Uuid>, u64) {
+        let mut cleared = Vec::new();
+        let mut deleted = HashSet::new();
+        for &id in ids {
+            match self.jobs.get(&id) {
+                Some(job) if !job.status.is_terminal() => continue,
+                Some(_) if deleted.len() >= limit => continue,
+                Some(_) => {
+                    self.forget(id);
+                    deleted.insert(id);
+                }
+                None => {}
+            }
+            cleared.push(id);
+        }
+        if !deleted.is_empty() {
+            self.finished.retain(|id| !deleted.contains(id));
+        }
+        (cleared, deleted.len() as u64)
     }
 }
 
@@ -80,6 +113,25 @@ impl MemoryAuditStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a batch's line ([`crate::MemoryBatchStore`]): an insert whose job retention
+    /// leaves to its batch.
+    pub(crate) async fn insert_batch_line(
+        &self,
+        record: &JobRecord,
+    ) -> Result<Inserted, StoreError> {
+        let inserted = self.insert(record).await?;
+        if inserted == Inserted::Created {
+            self.lock().batch_lines.insert(record.id);
+        }
+        Ok(inserted)
+    }
+
+    /// Retention of a batch's lines: deletes at most `limit` of the finished ones among `ids`;
+    /// returns the ids no longer stored and how many were deleted now.
+    pub(crate) fn delete_finished(&self, ids: &[Uuid], limit: usize) -> (Vec<Uuid>, u64) {
+        self.lock().delete_finished(ids, limit)
     }
 }
 
@@ -233,6 +285,23 @@ impl AuditStore for MemoryAuditStore {
 
     async fn active_jobs(&self, tenant: &str) -> Result<u64, StoreError> {
         Ok(self.lock().active.get(tenant).copied().unwrap_or(0))
+    }
+
+    async fn prune(&self, finished_before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<(DateTime<Utc>, Uuid)> = state
+            .jobs
+            .values()
+            .filter(|j| j.status.is_terminal() && !state.batch_lines.contains(&j.id))
+            .filter_map(|j| {
+                j.finished_at
+                    .filter(|at| *at < finished_before)
+                    .map(|at| (at, j.id))
+            })
+            .collect();
+        due.sort_unstable();
+        let ids: Vec<Uuid> = due.into_iter().map(|(_, id)| id).collect();
+        Ok(state.delete_finished(&ids, limit).1)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@ mod postgres;
 
 pub use memory::MemoryAuditStore;
 pub use postgres::PostgresAuditStore;
+pub(crate) use postgres::TERMINAL as TERMINAL_SQL;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -99,6 +100,13 @@ pub trait AuditStore: Send + Sync + 'static {
     /// per-tenant bound on queued work counts. Bulk work (batch lines, `priority: bulk`) is left
     /// out; batches pace themselves against the queue instead.
     async fn active_jobs(&self, tenant: &str) -> Result<u64, StoreError>;
+
+    /// Retention (`scorer prune`): deletes at most `limit` finished jobs (succeeded, failed,
+    /// cancelled, expired) whose `finished_at` is before `finished_before`, oldest first, in one
+    /// statement, and returns how many went. A queued or running job is never deleted, nor is a
+    /// batch's line: it goes with its batch ([`crate::BatchStore::prune`]), so a batch's output
+    /// stays whole while the batch exists.
+    async fn prune(&self, finished_before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -135,7 +135,9 @@ fn bind_all<'q>(
 const PLACEHOLDERS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
     $16, $17, $18, $19, $20, $21, $22";
 
-const TERMINAL: &str = "('succeeded', 'failed', 'cancelled', 'expired')";
+/// The finished job states, as SQL (one definition for every statement here and in the batch
+/// store).
+pub(crate) const TERMINAL: &str = "('succeeded', 'failed', 'cancelled', 'expired')";
 
 #[async_trait]
 impl AuditStore for PostgresAuditStore {
@@ -321,6 +323,23 @@ impl AuditStore for PostgresAuditStore {
         .await
         .map_err(unavailable)?;
         Ok(n.max(0) as u64)
+    }
+
+    async fn prune(&self, finished_before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        // Matches the partial index jobs_retention (migration 0005); one bounded statement is
+        // one short transaction, so a large backlog never holds locks for long.
+        let sql = format!(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+             WHERE batch_id IS NULL AND status IN {TERMINAL} AND finished_at < $1 \
+             ORDER BY finished_at LIMIT $2)"
+        );
+        let done = sqlx::query(&sql)
+            .bind(finished_before)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

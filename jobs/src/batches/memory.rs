@@ -1,6 +1,7 @@
-//! In-process batch store (embedded mode). The jobs themselves live in the audit store it is
-//! given, as they do in Postgres; this keeps the batch rows, each batch's custom_id index and its
-//! rejected lines.
+//! In-process batch store (embedded mode). The jobs themselves live in the in-process audit store
+//! it is given, as they do in Postgres; this keeps the batch rows, each batch's custom_id index and
+//! its rejected lines. It takes the concrete [`MemoryAuditStore`] (not any `AuditStore`) so that
+//! its lines are recorded as lines: retention deletes them with their batch, never alone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,8 +11,10 @@ use chrono::{DateTime, Utc};
 use scorer_protocol::job::JobStatus;
 use uuid::Uuid;
 
-use super::{BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult};
-use crate::{AuditStore, CancelOutcome, StoreError};
+use super::{
+    BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult, Pruned,
+};
+use crate::{AuditStore, CancelOutcome, MemoryAuditStore, StoreError};
 
 #[derive(Default)]
 struct Entry {
@@ -21,12 +24,12 @@ struct Entry {
 }
 
 pub struct MemoryBatchStore {
-    audit: Arc<dyn AuditStore>,
+    audit: Arc<MemoryAuditStore>,
     batches: Mutex<HashMap<Uuid, (BatchRecord, Entry)>>,
 }
 
 impl MemoryBatchStore {
-    pub fn new(audit: Arc<dyn AuditStore>) -> Self {
+    pub fn new(audit: Arc<MemoryAuditStore>) -> Self {
         MemoryBatchStore {
             audit,
             batches: Mutex::new(HashMap::new()),
@@ -145,7 +148,7 @@ impl BatchStore for MemoryBatchStore {
                 duplicates.push(i);
                 continue;
             }
-            if let Err(e) = self.audit.insert(&line.record).await {
+            if let Err(e) = self.audit.insert_batch_line(&line.record).await {
                 if let Some((_, entry)) = self.lock().get_mut(&batch) {
                     entry.lines.remove(&line.custom_id);
                 }
@@ -253,5 +256,39 @@ impl BatchStore for MemoryBatchStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn prune(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Pruned, StoreError> {
+        let mut batches = self.lock();
+        let mut due: Vec<Uuid> = batches
+            .values()
+            .filter(|(b, _)| b.finished_at().is_some_and(|at| at < finished_before))
+            .map(|(b, _)| b.id)
+            .collect();
+        due.sort_unstable();
+        let mut pruned = Pruned::default();
+        for id in due {
+            if pruned.batches as usize >= limit {
+                break;
+            }
+            let Some((_, entry)) = batches.get_mut(&id) else {
+                continue;
+            };
+            let ids: Vec<Uuid> = entry.lines.values().copied().collect();
+            let budget = limit.saturating_sub(pruned.jobs as usize);
+            let (cleared, deleted) = self.audit.delete_finished(&ids, budget);
+            let cleared: std::collections::HashSet<Uuid> = cleared.into_iter().collect();
+            entry.lines.retain(|_, job| !cleared.contains(job));
+            pruned.jobs += deleted;
+            if entry.lines.is_empty() {
+                batches.remove(&id);
+                pruned.batches += 1;
+            }
+        }
+        Ok(pruned)
     }
 }

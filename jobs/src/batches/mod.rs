@@ -109,6 +109,27 @@ impl BatchRecord {
         };
         *slot = Some(at);
     }
+
+    /// When the batch reached its terminal status; `None` while it is open. Retention counts
+    /// from here (the Postgres store reads the same four columns).
+    pub fn finished_at(&self) -> Option<DateTime<Utc>> {
+        match self.status {
+            BatchStatus::Completed => self.completed_at,
+            BatchStatus::Failed => self.failed_at,
+            BatchStatus::Cancelled => self.cancelled_at,
+            BatchStatus::Expired => self.expired_at,
+            _ => None,
+        }
+    }
+}
+
+/// What one [`BatchStore::prune`] call deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Batch rows (with their rejected lines).
+    pub batches: u64,
+    /// Jobs that were lines of those batches.
+    pub jobs: u64,
 }
 
 /// One valid line: its job, already queued-state, carrying the batch's tenant, model and
@@ -222,4 +243,15 @@ pub trait BatchStore: Send + Sync + 'static {
         after: i64,
         limit: usize,
     ) -> Result<Vec<LineError>, StoreError>;
+
+    /// Retention (`scorer prune`): batches that finished ([`BatchRecord::finished_at`]) before
+    /// `finished_before` go with their lines' jobs and rejected lines, at most `limit` jobs (and
+    /// at most `limit` batch rows) per call, in one transaction. A line still queued or running
+    /// (an expired batch's started line) is never deleted: it and its batch row stay until a
+    /// later call finds it finished. Call until it returns [`Pruned::default`].
+    async fn prune(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Pruned, StoreError>;
 }

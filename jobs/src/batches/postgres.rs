@@ -10,8 +10,11 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
 
-use super::{BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult};
+use super::{
+    BatchCounts, BatchLine, BatchRecord, BatchStatus, BatchStore, LineError, LineResult, Pruned,
+};
 use crate::StoreError;
+use crate::audit::TERMINAL_SQL;
 
 const SERVICE: &str = "postgres";
 
@@ -403,7 +406,48 @@ impl BatchStore for PostgresBatchStore {
             })
             .collect()
     }
+
+    async fn prune(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Pruned, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The finished lines of due batches (index jobs_batch_status), then the due batches
+        // left with no line at all (their rejected lines go by ON DELETE CASCADE); one
+        // transaction, each statement bounded by `limit`.
+        let statements = [
+            format!(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+                 WHERE batch_id IN ({DUE_BATCHES}) AND status IN {TERMINAL_SQL} LIMIT $2)"
+            ),
+            format!(
+                "DELETE FROM batches WHERE id IN ({DUE_BATCHES} \
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id) LIMIT $2)"
+            ),
+        ];
+        let mut deleted = [0; 2];
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for (n, sql) in deleted.iter_mut().zip(&statements) {
+            *n = sqlx::query(sql)
+                .bind(finished_before)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(unavailable)?;
+        let [jobs, batches] = deleted;
+        Ok(Pruned { batches, jobs })
+    }
 }
+
+/// Batches past retention: terminal, and finished (the stamp of their terminal status, as
+/// [`BatchRecord::finished_at`] reads it) before `$1`.
+const DUE_BATCHES: &str = "SELECT id FROM batches \
+    WHERE status IN ('completed', 'failed', 'cancelled', 'expired') \
+    AND COALESCE(completed_at, failed_at, cancelled_at, expired_at) < $1";
 
 /// One finished line from its row. A row whose job does not decode becomes a failed line that
 /// says so (its id, tenant and model are plain columns, always readable).

@@ -3,5 +3,5 @@
 
 #![allow(unused_imports)]
 
-pub use scorer_testkit::jobs::{envelope, unique};
+pub use scorer_testkit::jobs::{envelope, retention, unique};
 pub use scorer_testkit::{amqp_url, database_url, redis_url};
