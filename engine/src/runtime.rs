@@ -17,7 +17,7 @@ use scorer_protocol::{
 };
 
 use crate::coalesce::{PrefixGroup, group_by_prefix};
-use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
+use crate::model::{DType, DirStore, HeadVariant, LoadOptions, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, ClientOptions, Plugin};
 use crate::prefix_cache::PrefixCache;
@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Directory of serialized executables, so a warm start compiles nothing (None: memory only).
     pub compile_cache: Option<PathBuf>,
+    /// Directory of device-ready weight files, so a warm start neither dequantizes nor copies
+    /// the weights (None: loaded from the model file every time).
+    pub weight_cache: Option<PathBuf>,
     /// Device bytes of prefix keys/values kept between batches (0: none are kept; jobs of one
     /// batch that share a prefix still compute it once).
     pub prefix_cache_bytes: u64,
@@ -70,6 +73,7 @@ impl EngineConfig {
             packing: Packing::default(),
             max_batch_tokens: 2048,
             compile_cache: None,
+            weight_cache: None,
             prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
             prefix_min_tokens: DEFAULT_PREFIX_MIN_TOKENS,
         }
@@ -111,11 +115,11 @@ impl Engine {
             Arc::new(Tokenizer::for_model(&cfg.model_path).with_context(|| {
                 format!("loading the tokenizer of {}", cfg.model_path.display())
             })?);
-        let host = weights::load(&cfg.model_path)
-            .with_context(|| format!("loading weights from {}", cfg.model_path.display()))?;
-        let config = host.config.clone();
+        let config = weights::load_config(&cfg.model_path).with_context(|| {
+            format!("reading the model metadata of {}", cfg.model_path.display())
+        })?;
         tracing::info!(model = %cfg.model_id, arch = %config.arch, layers = config.num_layers,
-            elapsed_ms = started.elapsed().as_millis() as u64, "weights loaded");
+            elapsed_ms = started.elapsed().as_millis() as u64, "tokenizer and metadata loaded");
 
         let (tx, rx) = mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
@@ -123,7 +127,7 @@ impl Engine {
         thread::Builder::new()
             .name("scorer-engine".into())
             .spawn(move || {
-                let model = match start_device(&thread_cfg, host) {
+                let model = match start_device(&thread_cfg) {
                     Ok(model) => {
                         let _ = ready_tx.send(Ok(()));
                         model
@@ -225,7 +229,7 @@ impl ScoreBackend for Engine {
     }
 }
 
-fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model> {
+fn start_device(cfg: &EngineConfig) -> Result<Model> {
     let started = Instant::now();
     let plugin = Plugin::load(&cfg.plugin_path)
         .with_context(|| format!("loading the PJRT plugin {}", cfg.plugin_path.display()))?;
@@ -238,8 +242,13 @@ fn start_device(cfg: &EngineConfig, host: weights::ModelWeights) -> Result<Model
                 "GPU client options given to a non-GPU plugin, which ignores them");
         }
     }
-    let mut model =
-        Model::load(client, &host, cfg.dtype, cfg.device).context("uploading the weights")?;
+    let opts = LoadOptions {
+        dtype: cfg.dtype,
+        device: cfg.device,
+        ..LoadOptions::default()
+    };
+    let mut model = Model::load_path(client, &cfg.model_path, opts, cfg.weight_cache.as_deref())
+        .context("placing the weights on the device")?;
     model.set_max_tokens(cfg.max_batch_tokens);
     if let Some(dir) = &cfg.compile_cache {
         let store = DirStore::new(dir.clone())
