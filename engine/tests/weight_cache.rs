@@ -76,14 +76,24 @@ fn round_trip(model_path: &Path) {
     let built = load(model_path, dir.path(), DType::F32);
     assert_eq!(scores(&built), want, "built cache");
     let files = cache_files(dir.path());
-    assert_eq!(files.len(), 1, "one cache file, no temporary left: {files:?}");
+    assert_eq!(
+        files.len(),
+        1,
+        "one cache file, no temporary left: {files:?}"
+    );
     let file = files[0].clone();
-    let written = std::fs::metadata(&file).expect("cache file").modified().ok();
+    let written = std::fs::metadata(&file)
+        .expect("cache file")
+        .modified()
+        .ok();
 
     let mapped = load(model_path, dir.path(), DType::F32);
     assert_eq!(scores(&mapped), want, "mapped cache");
     assert_eq!(
-        std::fs::metadata(&file).expect("cache file").modified().ok(),
+        std::fs::metadata(&file)
+            .expect("cache file")
+            .modified()
+            .ok(),
         written,
         "a valid cache file is mapped, not rewritten"
     );
@@ -113,18 +123,22 @@ fn hf_directory_with_untied_head_round_trips() {
 }
 
 #[test]
-fn tied_gguf_round_trips() {
-    round_trip(&goldens("tiny-sp-llama.gguf"));
+fn f16_directory_with_tied_head_round_trips() {
+    round_trip(&goldens("tiny-qwen2-f16-tied"));
 }
 
 /// Each dtype has its own entry (bf16 stores bf16 matrices); a model file with another mtime
 /// is another entry, so an edited model never meets stale weights.
 #[test]
 fn key_follows_dtype_and_file_identity() {
-    let src = goldens("tiny-sp-llama.gguf");
+    let src = goldens("tiny-qwen2-f16-tied");
     let work = tempfile::tempdir().expect("tempdir");
-    let model_path = work.path().join("m.gguf");
-    std::fs::copy(&src, &model_path).expect("copy model");
+    let model_path = work.path().join("model");
+    std::fs::create_dir(&model_path).expect("model dir");
+    for f in std::fs::read_dir(&src).expect("list model") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, model_path.join(f.file_name().expect("name"))).expect("copy model");
+    }
     let dir = work.path().join("cache");
 
     let f32_model = load(&model_path, &dir, DType::F32);
@@ -138,9 +152,13 @@ fn key_follows_dtype_and_file_identity() {
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
     std::fs::File::options()
         .write(true)
-        .open(&model_path)
+        .open(model_path.join("model.safetensors"))
         .and_then(|f| f.set_modified(later))
         .expect("touch model");
     let _touched = load(&model_path, &dir, DType::F32);
-    assert_eq!(cache_files(&dir).len(), 3, "a changed model file is a new entry");
+    assert_eq!(
+        cache_files(&dir).len(),
+        3,
+        "a changed model file is a new entry"
+    );
 }

@@ -23,7 +23,7 @@ use crate::weights::cache::{CacheError, WeightFile, Writer};
 use crate::weights::{self, ModelConfig, ModelWeights};
 
 use super::params::{Dims, HostData, ParamSpec, host_param, param_specs};
-use super::{DType, DEFAULT_MAX_TOKENS, LayerLayout, LoadOptions, Model, ModelStats};
+use super::{DEFAULT_MAX_TOKENS, DType, LayerLayout, LoadOptions, Model, ModelStats};
 
 /// Bumped whenever `params.rs` changes what a parameter holds, so old cache files miss.
 const PARAM_FORMAT: u32 = 1;
@@ -250,19 +250,35 @@ fn param_name(spec: &ParamSpec) -> String {
 
 /// The cache entry of `path` under `opts`: hex SHA-256 of everything that decides the bytes.
 fn cache_key(path: &Path, config: &ModelConfig, opts: LoadOptions) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("model path {}", path.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
     let mut h = Sha256::new();
     h.update(b"scorer weight cache\0");
     h.update(crate::weights::cache::FORMAT_VERSION.to_le_bytes());
     h.update(PARAM_FORMAT.to_le_bytes());
     h.update(weights::content_hash(path)?.as_bytes());
-    h.update(meta.len().to_le_bytes());
-    h.update(mtime.to_le_bytes());
+    // Size and mtime of the file, or of every file of a Hugging Face directory.
+    let mut files = vec![path.to_path_buf()];
+    if path.is_dir() {
+        files = std::fs::read_dir(path)
+            .with_context(|| format!("listing {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+    }
+    for f in files {
+        let meta = std::fs::metadata(&f).with_context(|| format!("model file {}", f.display()))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        h.update(meta.len().to_le_bytes());
+        h.update(mtime.to_le_bytes());
+    }
     h.update(format!("{config:?}").as_bytes());
     h.update(opts.dtype.as_str().as_bytes());
     h.update(format!("{:?}", opts.layout).as_bytes());

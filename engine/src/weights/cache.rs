@@ -70,6 +70,7 @@ pub struct Writer {
     path: PathBuf,
     offset: u64,
     index: Index,
+    renamed: bool,
 }
 
 impl Writer {
@@ -94,6 +95,7 @@ impl Writer {
                 meta: BTreeMap::new(),
                 tensors: Vec::new(),
             },
+            renamed: false,
         })
     }
 
@@ -139,30 +141,20 @@ impl Writer {
         trailer.extend(MAGIC);
         self.out.write_all(&index).map_err(|e| self.io(e))?;
         self.out.write_all(&trailer).map_err(|e| self.io(e))?;
-        let mut file = self
-            .out
-            .into_inner()
-            .map_err(|e| CacheError::Io {
-                path: self.tmp.clone(),
-                source: e.into_error(),
-            })?;
-        let tmp = self.tmp;
-        let io = |source| CacheError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        file.flush().map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        Ok(self.path)
+        self.out.flush().map_err(|e| self.io(e))?;
+        self.out.get_ref().sync_all().map_err(|e| self.io(e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
+        self.renamed = true;
+        Ok(self.path.clone())
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // An abandoned write leaves no temporary file behind (after `finish` it is renamed).
-        let _ = std::fs::remove_file(&self.tmp);
+        // An abandoned write leaves no temporary file behind.
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -211,7 +203,10 @@ impl WeightFile {
         let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io)?;
         let bytes: &[u8] = &map;
         if bytes.len() < TRAILER {
-            return Err(invalid(format!("{} bytes, shorter than a trailer", bytes.len())));
+            return Err(invalid(format!(
+                "{} bytes, shorter than a trailer",
+                bytes.len()
+            )));
         }
         let t = &bytes[bytes.len() - TRAILER..];
         let word = |r: std::ops::Range<usize>| t.get(r).unwrap_or_default();
@@ -220,7 +215,9 @@ impl WeightFile {
         }
         let version = u32::from_le_bytes(word(12..16).try_into().unwrap_or_default());
         if version != FORMAT_VERSION {
-            return Err(invalid(format!("format version {version}, expected {FORMAT_VERSION}")));
+            return Err(invalid(format!(
+                "format version {version}, expected {FORMAT_VERSION}"
+            )));
         }
         let index_len = u64::from_le_bytes(word(0..8).try_into().unwrap_or_default());
         let index_crc = u32::from_le_bytes(word(8..12).try_into().unwrap_or_default());
@@ -301,7 +298,10 @@ mod tests {
         let t = f.tensors();
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].offset, t[0].len), (0, 24));
-        assert_eq!((t[1].offset, t[1].len, t[1].dtype.as_str()), (ALIGN, 10, "bf16"));
+        assert_eq!(
+            (t[1].offset, t[1].len, t[1].dtype.as_str()),
+            (ALIGN, 10, "bf16")
+        );
         let map = f.mapping();
         let bytes: &[u8] = (*map).as_ref();
         assert_eq!(&bytes[ALIGN as usize..ALIGN as usize + 10], &[2u8; 10]);
