@@ -157,6 +157,11 @@ struct EngineArgs {
     #[arg(long, env = "SCORER_PREFIX_MIN_TOKENS",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_MIN_TOKENS)]
     prefix_min_tokens: usize,
+    /// Do not keep the dequantized weights in `$SCORER_HOME/weights` (a warm start then reads
+    /// and dequantizes the model file again, seconds instead of one `mmap`; the cache holds
+    /// the weights at the dtype's size, e.g. 2.4 GiB f32 / 1.2 GiB bf16 for the default model).
+    #[arg(long, env = "SCORER_NO_WEIGHT_CACHE")]
+    no_weight_cache: bool,
 }
 
 /// Several devices from one `scorer worker` (docs/ACCELERATORS.md, "Several devices").
@@ -440,6 +445,7 @@ impl EngineArgs {
         cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
         cfg.prefix_min_tokens = self.prefix_min_tokens;
         cfg.compile_cache = Some(scorer_engine::home::executable_cache());
+        cfg.weight_cache = (!self.no_weight_cache).then(scorer_engine::home::weight_cache);
         Ok(cfg)
     }
 }

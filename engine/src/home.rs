@@ -21,3 +21,8 @@ pub fn model_file(alias: &str) -> PathBuf {
 pub fn executable_cache() -> PathBuf {
     scorer_home().join("executables")
 }
+
+/// The on-disk cache of device-ready weights (`engine::model::Model::load_path`).
+pub fn weight_cache() -> PathBuf {
+    scorer_home().join("weights")
+}

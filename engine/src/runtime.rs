@@ -22,7 +22,7 @@ use scorer_protocol::{
 };
 
 use crate::coalesce::{PrefixGroup, group_by_prefix};
-use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
+use crate::model::{DType, DirStore, HeadVariant, LoadOptions, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, ClientOptions, DeviceSelection, Plugin};
 use crate::prefix_cache::PrefixCache;
@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Directory of serialized executables, so a warm start compiles nothing (None: memory only).
     pub compile_cache: Option<PathBuf>,
+    /// Directory of device-ready weight files, so a warm start neither dequantizes nor copies
+    /// the weights (None: loaded from the model file every time).
+    pub weight_cache: Option<PathBuf>,
     /// Device bytes of prefix keys/values kept between batches (0: none are kept; jobs of one
     /// batch that share a prefix still compute it once).
     pub prefix_cache_bytes: u64,
@@ -76,6 +79,7 @@ impl EngineConfig {
             packing: Packing::default(),
             max_batch_tokens: 2048,
             compile_cache: None,
+            weight_cache: None,
             prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
             prefix_min_tokens: DEFAULT_PREFIX_MIN_TOKENS,
         }
@@ -134,42 +138,32 @@ impl Engine {
             Arc::new(Tokenizer::for_model(&cfg.model_path).with_context(|| {
                 format!("loading the tokenizer of {}", cfg.model_path.display())
             })?);
-        let host = Arc::new(
-            weights::load(&cfg.model_path)
-                .with_context(|| format!("loading weights from {}", cfg.model_path.display()))?,
-        );
-        let config = host.config.clone();
+        let config = weights::load_config(&cfg.model_path).with_context(|| {
+            format!("reading the model metadata of {}", cfg.model_path.display())
+        })?;
         tracing::info!(model = %cfg.model_id, arch = %config.arch, layers = config.num_layers,
-            elapsed_ms = started.elapsed().as_millis() as u64, "weights loaded");
+            elapsed_ms = started.elapsed().as_millis() as u64, "tokenizer and metadata loaded");
 
-        // Every device uploads at once; each thread lets go of the host weights once its copy
-        // is on the device, so they are freed when the last upload ends.
-        let mut starting = Vec::with_capacity(devices.len());
+        // Devices start one after another: the first places the weights (reading the model file,
+        // or mapping the weight cache, which it writes if it is missing), so the next ones map
+        // the cache instead of each reading and dequantizing the file again.
+        let mut engines = Vec::with_capacity(devices.len());
         for &device in &devices {
             let (tx, rx) = mpsc::channel::<Command>();
             let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
-            let (thread_cfg, client, host) = (cfg.clone(), client.clone(), host.clone());
+            let (thread_cfg, client) = (cfg.clone(), client.clone());
             thread::Builder::new()
                 .name(format!("scorer-engine-{device}"))
-                .spawn(move || {
-                    let model = start_device(&thread_cfg, client, &host, device);
-                    drop(host);
-                    match model {
-                        Ok(model) => {
-                            let _ = ready_tx.send(Ok(()));
-                            serve(&model, &thread_cfg, rx);
-                        }
-                        Err(err) => {
-                            let _ = ready_tx.send(Err(err));
-                        }
+                .spawn(move || match start_device(&thread_cfg, client, device) {
+                    Ok(model) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(&model, &thread_cfg, rx);
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
                     }
                 })
                 .context("could not start an engine thread")?;
-            starting.push((device, tx, ready_rx));
-        }
-        drop(host);
-        let mut engines = Vec::with_capacity(starting.len());
-        for (device, tx, ready_rx) in starting {
             ready_rx
                 .recv()
                 .map_err(|_| {
@@ -286,16 +280,17 @@ fn open_client(cfg: &EngineConfig) -> Result<Client> {
     Ok(client)
 }
 
-/// Uploads the weights to `device` (on that device's engine thread).
-fn start_device(
-    cfg: &EngineConfig,
-    client: Client,
-    host: &weights::ModelWeights,
-    device: usize,
-) -> Result<Model> {
+/// Places the weights on `device` (on that device's engine thread): mapped from the weight
+/// cache when it holds them, else read from the model file (and cached).
+fn start_device(cfg: &EngineConfig, client: Client, device: usize) -> Result<Model> {
     let started = Instant::now();
-    let mut model =
-        Model::load(client, host, cfg.dtype, device).context("uploading the weights")?;
+    let opts = LoadOptions {
+        dtype: cfg.dtype,
+        device,
+        ..LoadOptions::default()
+    };
+    let mut model = Model::load_path(client, &cfg.model_path, opts, cfg.weight_cache.as_deref())
+        .context("placing the weights on the device")?;
     model.set_max_tokens(cfg.max_batch_tokens);
     if let Some(dir) = &cfg.compile_cache {
         let store = DirStore::new(dir.clone())

@@ -1,16 +1,35 @@
 //! Static shape buckets. Every compiled program has fixed shapes, so a batch is
 //! padded up to the next bucket; few buckets means few compiles, close buckets
 //! means little padded work.
+//!
+//! Token buckets step by [`FINE_STEP`] up to [`FINE_UNTIL`], where the pass costs grow with
+//! the tokens (power-of-two buckets padded a 550-token multi-item pass to 1,024), then
+//! coarser: above 128 tokens a pass pads fewer than 128 tokens or under a quarter of its
+//! bucket, for one more program per bucket, compiled on first use and kept on disk.
 
-/// The token count a batch of `n` tokens is padded to: powers of two from 32 up
-/// to 2048, then multiples of 1024. `None` when `n` exceeds `max`.
+/// Below this many tokens buckets are powers of two (32, 64, 128).
+pub const FINE_FROM: usize = 128;
+/// Bucket step between [`FINE_FROM`] and [`FINE_UNTIL`].
+pub const FINE_STEP: usize = 128;
+pub const FINE_UNTIL: usize = 1024;
+
+/// The token count a batch of `n` tokens is padded to: 32, 64, 128, then multiples of 128 up
+/// to 1,024, multiples of 256 up to 2,048, multiples of 512 up to 4,096, then of 1,024. A
+/// `max` that is not a bucket still admits batches up to it. `None` when `n` exceeds `max`.
 pub fn token_bucket(n: usize, max: usize) -> Option<usize> {
+    let step = |n: usize, s: usize| n.div_ceil(s) * s;
     let b = if n <= 32 {
         32
-    } else if n <= 2048 {
+    } else if n <= FINE_FROM {
         n.next_power_of_two()
+    } else if n <= FINE_UNTIL {
+        step(n, FINE_STEP)
+    } else if n <= 2048 {
+        step(n, 256)
+    } else if n <= 4096 {
+        step(n, 512)
     } else {
-        n.div_ceil(1024) * 1024
+        step(n, 1024)
     };
     (b <= max.max(32))
         .then_some(b)
@@ -36,13 +55,32 @@ mod tests {
         assert_eq!(token_bucket(1, 8192), Some(32));
         assert_eq!(token_bucket(32, 8192), Some(32));
         assert_eq!(token_bucket(33, 8192), Some(64));
-        assert_eq!(token_bucket(1025, 8192), Some(2048));
-        assert_eq!(token_bucket(2049, 8192), Some(3072));
+        assert_eq!(token_bucket(128, 8192), Some(128));
+        assert_eq!(token_bucket(129, 8192), Some(256));
+        assert_eq!(token_bucket(550, 8192), Some(640));
+        assert_eq!(token_bucket(1024, 8192), Some(1024));
+        assert_eq!(token_bucket(1025, 8192), Some(1280));
+        assert_eq!(token_bucket(2049, 8192), Some(2560));
+        assert_eq!(token_bucket(4097, 8192), Some(5120));
         assert_eq!(token_bucket(8192, 8192), Some(8192));
         assert_eq!(token_bucket(8193, 8192), None);
         // A max that is not itself a bucket still admits batches up to it.
         assert_eq!(token_bucket(1500, 1500), Some(1500));
         assert_eq!(token_bucket(1000, 1500), Some(1024));
+        assert_eq!(token_bucket(1400, 1500), Some(1500));
+    }
+
+    #[test]
+    fn token_buckets_are_monotone_and_bound_padding() {
+        let mut last = 0;
+        for n in 1..=8192 {
+            let b = token_bucket(n, 8192).unwrap();
+            assert!(b >= n && b >= last, "{n} -> {b}");
+            if n > FINE_FROM {
+                assert!(b - n < FINE_STEP.max(b / 4), "{n} -> {b} pads too much");
+            }
+            last = b;
+        }
     }
 
     #[test]

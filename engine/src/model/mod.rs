@@ -8,6 +8,7 @@
 
 mod attention;
 pub mod buckets;
+mod load;
 mod params;
 mod program;
 mod store;
@@ -20,9 +21,9 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
 use crate::pjrt::{Buffer, Client, LoadedExecutable};
-use crate::weights::{ModelConfig, ModelWeights};
+use crate::weights::ModelConfig;
 
-use params::{Dims, HostData, host_param, param_specs};
+use params::Dims;
 
 pub use params::LayerLayout;
 use program::{ProgramKind, ProgramSpec, build_program};
@@ -176,81 +177,6 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Uploads `weights` to `device` once, in the default [`LayerLayout`].
-    pub fn load(
-        client: Client,
-        weights: &ModelWeights,
-        dtype: DType,
-        device: usize,
-    ) -> Result<Model> {
-        Self::load_with(
-            client,
-            weights,
-            LoadOptions {
-                dtype,
-                device,
-                layout: LayerLayout::default(),
-            },
-        )
-    }
-
-    /// Uploads `weights` once, laid out for the program as `opts` says.
-    pub fn load_with(client: Client, weights: &ModelWeights, opts: LoadOptions) -> Result<Model> {
-        let LoadOptions {
-            dtype,
-            device,
-            layout,
-        } = opts;
-        let started = Instant::now();
-        weights
-            .validate()
-            .context("checking the weights against their config")?;
-        ensure!(
-            device < client.device_count(),
-            "device {device} does not exist (the plugin has {})",
-            client.device_count()
-        );
-        let dims = Dims::new(&weights.config, weights.lm_head.is_none());
-        let mut buffers = Vec::new();
-        let mut weight_bytes = 0u64;
-        // One parameter at a time keeps the host peak at one stacked tensor.
-        for spec in param_specs(&dims, dtype, layout) {
-            let data = host_param(weights, &dims, &spec)?;
-            let buf = match &data {
-                HostData::F32(v) => client.buffer_from_host(v, &spec.dims, device),
-                HostData::BF16(v) => client.buffer_from_host(v, &spec.dims, device),
-            }
-            .with_context(|| format!("uploading {:?} {:?}", spec.slot, spec.dims))?;
-            weight_bytes += data.byte_len();
-            buffers.push(buf);
-        }
-        tracing::info!(
-            model = %weights.config.name,
-            dtype = dtype.as_str(),
-            ?layout,
-            device,
-            weight_mib = weight_bytes / (1 << 20),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model weights uploaded"
-        );
-        Ok(Model {
-            client,
-            device,
-            config: weights.config.clone(),
-            dtype,
-            layout,
-            dims,
-            weights: buffers,
-            max_tokens: DEFAULT_MAX_TOKENS,
-            cache: Mutex::new(HashMap::new()),
-            stats: Mutex::new(ModelStats {
-                weight_bytes,
-                ..Default::default()
-            }),
-            store: None,
-        })
-    }
-
     /// The largest batch (in tokens) [`Model::run`] accepts.
     pub fn set_max_tokens(&mut self, max_tokens: usize) {
         self.max_tokens = max_tokens.max(1);

@@ -70,11 +70,18 @@ impl Drop for RawBuffer {
     }
 }
 
+/// Host memory a zero-copy buffer may alias (see [`super::Client::buffer_from_shared`]).
+pub type HostOwner = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// An array on a device. Dropping it frees the device memory.
 pub struct Buffer {
+    // Declared (so dropped) before `host`: the device buffer is destroyed before the host
+    // memory it may alias is released.
     inner: RawBuffer,
     dims: Vec<i64>,
     ty: ElementType,
+    /// The host memory a zero-copy upload aliases, kept alive as long as the buffer.
+    host: Option<HostOwner>,
 }
 
 // SAFETY: `xla::PjRtBuffer` is thread-safe; this wrapper's own fields are immutable after
@@ -116,7 +123,17 @@ impl Buffer {
             // SAFETY: `num_dims` values owned by the buffer, copied at once.
             unsafe { std::slice::from_raw_parts(d.dims, d.num_dims) }.to_vec()
         };
-        Ok(Buffer { inner, dims, ty })
+        Ok(Buffer {
+            inner,
+            dims,
+            ty,
+            host: None,
+        })
+    }
+
+    /// Keeps `owner` alive until the buffer is dropped (a zero-copy upload's host memory).
+    pub(crate) fn keep_host(&mut self, owner: HostOwner) {
+        self.host = Some(owner);
     }
 
     pub fn dims(&self) -> &[i64] {

@@ -28,8 +28,9 @@ mod plugin;
 mod select;
 mod shared;
 mod types;
+mod zero_copy;
 
-pub use buffer::{Buffer, d2h_bytes_thread, d2h_bytes_total, h2d_bytes_total};
+pub use buffer::{Buffer, HostOwner, d2h_bytes_thread, d2h_bytes_total, h2d_bytes_total};
 pub use client::{Client, ClientOption, Device};
 pub use error::{Error, Result, code};
 pub use executable::LoadedExecutable;

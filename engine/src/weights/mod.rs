@@ -9,6 +9,7 @@
 
 mod arch;
 mod assemble;
+pub mod cache;
 mod config;
 pub mod gguf;
 mod gguf_config;
