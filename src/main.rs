@@ -237,7 +237,11 @@ struct ModelNameArgs {
     /// A name requests may use for the model, repeatable (comma-separated in the environment):
     /// the first is the id `/v1/models` lists, the rest are aliases; `default` is always
     /// accepted (unset: the model's own id). Answers echo the name the request used.
-    #[arg(long = "served-model-name", env = "SCORER_SERVED_MODEL_NAME", value_delimiter = ',')]
+    #[arg(
+        long = "served-model-name",
+        env = "SCORER_SERVED_MODEL_NAME",
+        value_delimiter = ','
+    )]
     served_model_names: Vec<String>,
     /// Serve requests whatever model they name and echo the name (SGLang's behaviour).
     #[arg(long, env = "SCORER_ACCEPT_ANY_MODEL_NAME")]

@@ -109,7 +109,10 @@ fn test_score_consistency_with_hf() {
             let out = out.unwrap_or_else(|e| panic!("{name}: {e}"));
             let want = matrix(&case["scores"]);
             assert_close_to_reference(&out.scores, &want, 1e-3, &name);
-            let logprobs = out.token_logprobs.as_deref().expect("token_logprobs asked for");
+            let logprobs = out
+                .token_logprobs
+                .as_deref()
+                .expect("token_logprobs asked for");
             let want_lp = matrix(&case["label_logprobs"]);
             worst_lp = worst_lp.max(max_diff(logprobs, &want_lp));
             assert!(

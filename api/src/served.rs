@@ -95,7 +95,10 @@ mod tests {
         );
         match n.served_name(Some("other")) {
             Err(ApiError::NotFound(msg)) => {
-                assert!(msg.contains("`other`") && msg.contains("`file-alias`"), "{msg}")
+                assert!(
+                    msg.contains("`other`") && msg.contains("`file-alias`"),
+                    "{msg}"
+                )
             }
             other => panic!("expected 404, got {other:?}"),
         }

@@ -84,9 +84,7 @@ async fn served_names_are_accepted_and_echoed() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
 
     // Batch lines, one name each.
-    let line = |id: &str, model: &str| {
-        json!({"custom_id": id, "method": "POST", "url": "/v1/score", "body": with_model(model)})
-    };
+    let line = |id: &str, model: &str| json!({"custom_id": id, "method": "POST", "url": "/v1/score", "body": with_model(model)});
     let c = Caller::new(&h);
     let file = jsonl(&[
         line("alias", "smol"),
@@ -102,7 +100,10 @@ async fn served_names_are_accepted_and_echoed() {
     assert_eq!(out["canonical"]["response"]["body"]["model"], CANONICAL);
     let errors = by_custom_id(c.lines(&format!("/v1/batches/{id}/errors")).await);
     let msg = errors["unknown"].to_string();
-    assert!(msg.contains("nope") && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("nope") && msg.contains("does not exist"),
+        "{msg}"
+    );
     h.finish().await;
 
     let mut any = Harness::start(Backing::Real, |c| c.accept_any_model_name = true).await;
@@ -111,7 +112,10 @@ async fn served_names_are_accepted_and_echoed() {
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(resp["model"], "gpt-4o");
     let (_, _, models) = any.get("/v1/models").await;
-    assert_eq!(models["data"][0]["id"], MODEL, "without the flag: the model's id");
+    assert_eq!(
+        models["data"][0]["id"], MODEL,
+        "without the flag: the model's id"
+    );
     any.finish().await;
 }
 
@@ -138,7 +142,10 @@ async fn sglang_score_fields() {
     let (status, _, resp) = h.post("/v1/score", &fields_body(false, 0.5)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
     let msg = resp["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("temperature") && msg.contains("apply_softmax"), "{msg}");
+    assert!(
+        msg.contains("temperature") && msg.contains("apply_softmax"),
+        "{msg}"
+    );
     for bad in [json!(0.0), json!(-1.0), json!("hot")] {
         let mut body = fields_body(true, 1.0);
         body["temperature"] = bad.clone();
@@ -159,12 +166,18 @@ async fn sglang_score_fields() {
     let (status, _, soft) = h.post("/v1/score", &fields_body(true, t)).await;
     assert_eq!(status, StatusCode::OK, "{soft}");
     let soft_lp = rows(&soft["token_logprobs"]);
-    assert!(max_diff(&soft_lp, &lp) <= 1e-5, "the same log-probabilities");
+    assert!(
+        max_diff(&soft_lp, &lp) <= 1e-5,
+        "the same log-probabilities"
+    );
     for (row, s) in soft_lp.iter().zip(rows(&soft["scores"])) {
         let m = row.iter().cloned().fold(f64::MIN, f64::max);
         let z: f64 = row.iter().map(|x| ((x - m) / t).exp()).sum();
         for (x, sj) in row.iter().zip(&s) {
-            assert!((((x - m) / t).exp() / z - sj).abs() <= 1e-9, "tempered softmax");
+            assert!(
+                (((x - m) / t).exp() / z - sj).abs() <= 1e-9,
+                "tempered softmax"
+            );
         }
     }
     let (_, _, plain) = h.post("/v1/score", &score_body()).await;
@@ -180,7 +193,11 @@ async fn sglang_score_fields() {
         serde_json::from_value(pooled["pooled_hidden_states"].clone()).expect("hidden states");
     let size = h.engine.model_config().hidden_size;
     assert_eq!(hidden.len(), 3);
-    assert!(hidden.iter().all(|r| r.len() == size && r.iter().all(|x| x.is_finite())));
+    assert!(
+        hidden
+            .iter()
+            .all(|r| r.len() == size && r.iter().all(|x| x.is_finite()))
+    );
     assert!(hidden[0] != hidden[1], "items differ");
     let mut alone_body = pooled_body.clone();
     alone_body["items"] = json!([" truck"]);
@@ -202,7 +219,12 @@ async fn sglang_score_fields() {
     let done = h.wait_terminal(job["id"].as_str().expect("id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(max_diff(&rows(&done["result"]["token_logprobs"]), &lp) <= 1e-5);
-    assert_eq!(done["result"]["pooled_hidden_states"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        done["result"]["pooled_hidden_states"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
     h.finish().await;
 }
 
@@ -232,7 +254,8 @@ async fn query_messages_score_the_rendered_chat() {
         let labels = json!([SMOL_YES, SMOL_NO]);
         let chat = json!({"query_messages": conv["messages"], "items": [sp["item"]],
             "label_token_ids": labels, "apply_softmax": true});
-        let tokens = json!({"items": [sp["ids"]], "label_token_ids": labels, "apply_softmax": true});
+        let tokens =
+            json!({"items": [sp["ids"]], "label_token_ids": labels, "apply_softmax": true});
         let (status, _, got) = h.post("/v1/score", &chat).await;
         assert_eq!(status, StatusCode::OK, "{got}");
         let (_, _, want) = h.post("/v1/score", &tokens).await;
@@ -242,7 +265,10 @@ async fn query_messages_score_the_rendered_chat() {
             sp["ids"].as_array().map(|a| a.len() as u64),
             "{what}: the golden's ids"
         );
-        assert!(max_diff(&rows(&got["scores"]), &rows(&want["scores"])) <= 1e-6, "{what}");
+        assert!(
+            max_diff(&rows(&got["scores"]), &rows(&want["scores"])) <= 1e-6,
+            "{what}"
+        );
     }
     let messages = json!([{"role": "user", "content": "Is a pear a fruit?"}]);
     for (extra, msg) in [

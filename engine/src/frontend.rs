@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use scorer_protocol::{Preparer, ScoreJob, ScoreRequest, ValidationError};
 
-use crate::runtime::EngineConfig;
 use crate::chat_template::ChatTemplate;
+use crate::runtime::EngineConfig;
 use crate::scoring::{ChatSupport, Limits, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};

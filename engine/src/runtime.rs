@@ -16,12 +16,12 @@ use scorer_protocol::{
     ScoreResponse, ValidationError,
 };
 
+use crate::chat_template::ChatTemplate;
 use crate::coalesce::{PrefixGroup, group_by_prefix};
 use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, ClientOptions, Plugin};
 use crate::prefix_cache::PrefixCache;
-use crate::chat_template::ChatTemplate;
 use crate::scoring::{ChatSupport, Limits, RowValues, finish_row, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
@@ -353,7 +353,8 @@ impl<'a> Outcomes<'a> {
                         let j = map[target.job];
                         let job = &self.jobs[j];
                         let row = &row[..job.labels[target.item].len().min(row.len())];
-                        let logprobs = (job.outputs.token_logprobs && values == RowValues::Logprobs)
+                        let logprobs = (job.outputs.token_logprobs
+                            && values == RowValues::Logprobs)
                             .then(|| row.iter().map(|&v| f64::from(v)).collect());
                         let hidden = out.hidden.as_ref().and_then(|h| h.get(r)).cloned();
                         self.rows[j][target.item] = Some(ItemRow {
@@ -399,7 +400,10 @@ fn output(job: &ScoreJob, rows: Vec<ItemRow>) -> Result<ScoreOutput, String> {
     for row in rows {
         out.scores.push(row.scores);
         if let Some(all) = &mut out.token_logprobs {
-            all.push(row.logprobs.ok_or("token log-probabilities were not computed")?);
+            all.push(
+                row.logprobs
+                    .ok_or("token log-probabilities were not computed")?,
+            );
         }
         if let Some(all) = &mut out.pooled_hidden_states {
             all.push(row.hidden.ok_or("hidden states were not computed")?);

@@ -119,8 +119,11 @@ fn query_messages_use_the_models_chat_template() {
     }
 
     let gemma = "gemma-3-270m-q4_k_m";
-    let base = Frontend::load(&EngineConfig::new(home::model_file(gemma), gemma.to_string()))
-        .expect("frontend loads");
+    let base = Frontend::load(&EngineConfig::new(
+        home::model_file(gemma),
+        gemma.to_string(),
+    ))
+    .expect("frontend loads");
     assert!(base.chat_template().is_none());
     let chat: ScoreRequest = serde_json::from_value(serde_json::json!({
         "query_messages": [{"role": "user", "content": "Hi"}], "items": ["a"],

@@ -325,7 +325,9 @@ fn run_all(
     let mut out = vec![(Vec::new(), Vec::new()); items];
     for pass in passes {
         let rows = run(&pass);
-        let hidden = rows.hidden.expect("the pooled variant returns hidden states");
+        let hidden = rows
+            .hidden
+            .expect("the pooled variant returns hidden states");
         assert_eq!(hidden.len(), rows.values.len(), "one hidden state per row");
         for ((target, values), h) in pass.rows.iter().zip(rows.values).zip(hidden) {
             out[target.item] = (values, h);
@@ -377,7 +379,10 @@ fn check_pooled(name: &str) {
         worst = worst.max(assert_close(hidden, &want(k), &format!("{name} plain {k}")));
         assert_eq!(values.len(), labels.len());
         for (a, b) in values.iter().zip(&without[k]) {
-            assert!((a - b).abs() <= 1e-5, "{name} plain {k}: values change with pooling");
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "{name} plain {k}: values change with pooling"
+            );
         }
     }
 
@@ -393,11 +398,18 @@ fn check_pooled(name: &str) {
     let n = items.len();
     let multi = job(items);
     let want0 = want(cases.len() - 1);
-    assert_eq!(cases[cases.len() - 1]["ids"], serde_json::json!(multi.prompts[0]));
+    assert_eq!(
+        cases[cases.len() - 1]["ids"],
+        serde_json::json!(multi.prompts[0])
+    );
     let shared = run_all(plan(&[&multi], Packing::SharedPrefix, max), n, |p| {
         model.run_with(&p.batch, head, true, None).expect("pass")
     });
-    worst = worst.max(assert_close(&shared[0].1, &want0, &format!("{name} shared")));
+    worst = worst.max(assert_close(
+        &shared[0].1,
+        &want0,
+        &format!("{name} shared"),
+    ));
     let prefix = shareable_prefix(&multi).to_vec();
     let kv = model.prefix_kv(&prefix).expect("prefix pass");
     let len = prefix.len();
@@ -410,10 +422,21 @@ fn check_pooled(name: &str) {
             .run_with(&p.batch, head, true, Some((&kv, len)))
             .expect("cached pass")
     });
-    worst = worst.max(assert_close(&cached[0].1, &want0, &format!("{name} cached")));
+    worst = worst.max(assert_close(
+        &cached[0].1,
+        &want0,
+        &format!("{name} cached"),
+    ));
     for (k, (s, c)) in shared.iter().zip(&cached).enumerate() {
-        let d = s.1.iter().zip(&c.1).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(d <= 1e-4, "{name} item {k}: shared vs cached hidden states differ by {d}");
+        let d =
+            s.1.iter()
+                .zip(&c.1)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+        assert!(
+            d <= 1e-4,
+            "{name} item {k}: shared vs cached hidden states differ by {d}"
+        );
     }
     eprintln!("{name}: worst |ours - HF| hidden state = {worst:.2e}");
 }

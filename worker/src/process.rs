@@ -104,10 +104,7 @@ pub(crate) async fn run_batch(
                 record.status = JobStatus::Succeeded;
                 record.finished_at = Some(now_millis());
                 record.prompt_tokens = Some(out.prompt_tokens as i64);
-                record.result = Some(ScoreResponse::from_output(
-                    out,
-                    r.envelope.answered_model(),
-                ));
+                record.result = Some(ScoreResponse::from_output(out, r.envelope.answered_model()));
             }
             Err(failure) => {
                 record.prompt_tokens = Some(r.envelope.prompt_tokens() as i64);

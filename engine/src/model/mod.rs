@@ -405,7 +405,8 @@ impl Model {
     /// label: log-probabilities ([`HeadVariant::FullLogprobs`]) or logits
     /// ([`HeadVariant::LabelLogits`]). Only these `[S, L]` values leave the device.
     pub fn run(&self, batch: &PackedBatch, head: HeadVariant) -> Result<Vec<Vec<f32>>> {
-        self.run_with(batch, head, false, None).map(|rows| rows.values)
+        self.run_with(batch, head, false, None)
+            .map(|rows| rows.values)
     }
 
     /// [`Model::run`] on a batch that continues a cached prefix: every real token also attends

@@ -199,8 +199,10 @@ fn response_serializes_in_sglang_shape() {
 #[test]
 fn temperature_other_than_one_needs_apply_softmax() {
     let body = |t: f64, softmax: bool| {
-        req(serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1],
-            "temperature": t, "apply_softmax": softmax}))
+        req(
+            serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1],
+            "temperature": t, "apply_softmax": softmax}),
+        )
     };
     let err = body(0.5, false).validate().expect_err("refused");
     assert!(err.message.contains("apply_softmax"), "{}", err.message);
@@ -214,8 +216,10 @@ fn temperature_other_than_one_needs_apply_softmax() {
 
 #[test]
 fn output_flags_reach_the_validated_request() {
-    let r = req(serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1],
-        "return_token_logprobs": true, "return_pooled_hidden_states": true}));
+    let r = req(
+        serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1],
+        "return_token_logprobs": true, "return_pooled_hidden_states": true}),
+    );
     let v = r.validate().expect("valid");
     assert_eq!(
         v.outputs,
@@ -238,8 +242,10 @@ fn output_flags_reach_the_validated_request() {
 #[test]
 fn query_messages_rules() {
     let chat = serde_json::json!([{"role": "user", "content": "Is Rust a language?"}]);
-    let ok = req(serde_json::json!({"query_messages": chat, "items": [" Yes", " No"],
-        "label_token_ids": [1, 2]}));
+    let ok = req(
+        serde_json::json!({"query_messages": chat, "items": [" Yes", " No"],
+        "label_token_ids": [1, 2]}),
+    );
     let v = ok.validate().expect("valid");
     match &v.input {
         ValidatedInput::Chat { messages, items } => {
