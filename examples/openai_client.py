@@ -6,7 +6,8 @@ The client has no scoring method, but its generic `post` sends any JSON body to 
     pip install openai
     python examples/openai_client.py --base-url http://127.0.0.1:8000/v1
 
-Prints one JSON object: the score response, and the status and body of a refused request.
+Prints one JSON object: the score response, a chat scored with the model's chat template (with
+the labels' log-probabilities), and the status and body of a refused request.
 """
 
 import argparse
@@ -39,6 +40,24 @@ def main() -> None:
         },
     )
 
+    # A chat instead of a query: the server renders it with the model's chat template and each
+    # item starts the assistant's answer ("" scores the answer's first token). `token_logprobs`
+    # are the labels' full-vocabulary log-probabilities (SGLang's `return_token_logprobs`).
+    chat = client.post(
+        "/score",
+        cast_to=object,
+        body={
+            "model": args.model,
+            "query_messages": [
+                {"role": "user", "content": "Is Paris the capital of France? Answer Yes or No."}
+            ],
+            "items": [""],
+            "label_token_ids": [args.yes, args.no],
+            "apply_softmax": True,
+            "return_token_logprobs": True,
+        },
+    )
+
     # A refused request raises the client's typed error, carrying our OpenAI-style body.
     try:
         client.post(
@@ -50,7 +69,7 @@ def main() -> None:
     except openai.BadRequestError as err:
         refused = {"status": err.status_code, "body": err.body, "type": type(err).__name__}
 
-    print(json.dumps({"scored": scored, "refused": refused}))
+    print(json.dumps({"scored": scored, "chat": chat, "refused": refused}))
 
 
 if __name__ == "__main__":

@@ -256,6 +256,8 @@ struct ServiceArgs {
     upload_read_timeout: f64,
     #[command(flatten)]
     lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    names: ModelNameArgs,
 }
 
 /// Shutdown and queue type (docs/OPERATIONS.md, "Graceful shutdown" and "Queue types").
@@ -298,6 +300,31 @@ fn parse_queue_type(s: &str) -> Result<scorer_jobs::QueueType, String> {
         .ok_or_else(|| format!("--queue-type is `classic` or `quorum`, not `{s}`"))
 }
 
+/// Which model names requests may use (issue 17: clients migrating from SGLang send the name the
+/// old server served).
+#[derive(Args, Clone)]
+struct ModelNameArgs {
+    /// A name requests may use for the model, repeatable (comma-separated in the environment):
+    /// the first is the id `/v1/models` lists, the rest are aliases; `default` is always
+    /// accepted (unset: the model's own id). Answers echo the name the request used.
+    #[arg(
+        long = "served-model-name",
+        env = "SCORER_SERVED_MODEL_NAME",
+        value_delimiter = ','
+    )]
+    served_model_names: Vec<String>,
+    /// Serve requests whatever model they name and echo the name (SGLang's behaviour).
+    #[arg(long, env = "SCORER_ACCEPT_ANY_MODEL_NAME")]
+    accept_any_model_name: bool,
+}
+
+impl ModelNameArgs {
+    fn apply(&self, cfg: &mut ServiceConfig) {
+        cfg.served_model_names = self.served_model_names.clone();
+        cfg.accept_any_model_name = self.accept_any_model_name;
+    }
+}
+
 /// A positive number of seconds, for the flag named.
 fn seconds(flag: &str, secs: f64) -> Result<Duration> {
     anyhow::ensure!(
@@ -335,6 +362,7 @@ impl ServiceArgs {
         cfg.stores.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         cfg.stores.database_url = self.database_url.clone().filter(|u| !u.is_empty());
         cfg.max_body_bytes = self.max_body_bytes;
+        self.names.apply(&mut cfg);
         let mut worker = WorkerConfig {
             max_batch_tokens: engine.max_batch_tokens,
             ..WorkerConfig::default()
@@ -519,6 +547,7 @@ fn run() -> Result<()> {
                 apply_softmax,
                 item_first,
                 temperature,
+                ..Default::default()
             };
             let response = engine.score(&request)?;
             println!("{}", serde_json::to_string_pretty(&response)?);

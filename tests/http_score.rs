@@ -373,6 +373,22 @@ async fn test_score_with_openai_client() {
             "label_token_ids": [QWEN_YES, QWEN_NO], "apply_softmax": true}))
         .await;
     assert_eq!(out["scored"], expected);
+    let chat = server
+        .direct(&json!({"model": QWEN, "query_messages": [{"role": "user",
+                "content": "Is Paris the capital of France? Answer Yes or No."}],
+            "items": [""], "label_token_ids": [QWEN_YES, QWEN_NO], "apply_softmax": true,
+            "return_token_logprobs": true}))
+        .await;
+    assert_eq!(out["chat"]["model"], QWEN, "{out}");
+    assert_eq!(out["chat"]["usage"], chat["usage"], "{out}");
+    for key in ["scores", "token_logprobs"] {
+        let got: Vec<Vec<f64>> = serde_json::from_value(out["chat"][key].clone()).expect(key);
+        let want: Vec<Vec<f64>> = serde_json::from_value(chat[key].clone()).expect(key);
+        assert_eq!(got.len(), 1, "{out}");
+        for (a, b) in got[0].iter().zip(&want[0]) {
+            assert!((a - b).abs() <= 1e-6, "{key}: {a} vs {b}");
+        }
+    }
     assert_eq!(out["refused"]["status"], 400, "{out}");
     assert_eq!(out["refused"]["type"], "BadRequestError", "{out}");
     assert_error_body(&out["refused"]["body"], 400, "BadRequestError");

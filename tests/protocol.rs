@@ -296,7 +296,10 @@ fn test_scoring_request_type_hints() {
     );
 
     // temperature: float | None; an integer literal is a float too.
-    let r = parse(json!({"query": "q", "items": ["a"], "label_token_ids": [1], "temperature": 2}));
+    let r = parse(
+        json!({"query": "q", "items": ["a"], "label_token_ids": [1], "temperature": 2,
+            "apply_softmax": true}),
+    );
     assert_eq!(r.temperature, Some(2.0));
     assert_eq!(r.validate().expect("valid").temperature, 2.0);
 }

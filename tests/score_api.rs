@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use common::*;
 use scorer_engine::model::DType;
 use scorer_engine::runtime::{Engine, ScoreError};
-use scorer_protocol::{ScoreBackend, ScoreResponse};
+use scorer_protocol::{ScoreBackend, ScoreRequest, ScoreResponse};
 use serde_json::{Value, json};
 
 static QWEN_F32: LazyLock<Engine> = LazyLock::new(|| load(QWEN, |_| {}));
@@ -83,13 +83,22 @@ fn test_score_consistency_with_hf() {
         // few packed passes instead of one per case: the cases share passes as concurrent
         // requests do in the worker).
         let cases = gold["score_cases"].as_array().expect("cases");
-        let requests: Vec<_> = cases.iter().map(case_request).collect();
+        // Every case also asks for `token_logprobs`: HF's full-vocabulary log-softmax at the
+        // labels (`label_logprobs`), in both softmax modes.
+        let requests: Vec<_> = cases
+            .iter()
+            .map(|c| ScoreRequest {
+                return_token_logprobs: true,
+                ..case_request(c)
+            })
+            .collect();
         let jobs: Vec<_> = requests
             .iter()
             .map(|r| engine.prepare(r).expect("prepare"))
             .collect();
         let outputs = engine.score_batch(&jobs).expect("engine up");
         let mut worst = 0.0f64;
+        let mut worst_lp = 0.0f64;
         for ((case, request), (job, out)) in
             cases.iter().zip(&requests).zip(jobs.iter().zip(outputs))
         {
@@ -100,6 +109,16 @@ fn test_score_consistency_with_hf() {
             let out = out.unwrap_or_else(|e| panic!("{name}: {e}"));
             let want = matrix(&case["scores"]);
             assert_close_to_reference(&out.scores, &want, 1e-3, &name);
+            let logprobs = out
+                .token_logprobs
+                .as_deref()
+                .expect("token_logprobs asked for");
+            let want_lp = matrix(&case["label_logprobs"]);
+            worst_lp = worst_lp.max(max_diff(logprobs, &want_lp));
+            assert!(
+                max_diff(logprobs, &want_lp) <= 2e-3,
+                "{name}: token_logprobs {logprobs:?} vs HF {want_lp:?}"
+            );
             let labels = want.first().map_or(0, Vec::len);
             if want.iter().all(|r| r.len() == labels) {
                 assert_well_formed(&out.scores, want.len(), labels, request.apply_softmax);
@@ -111,7 +130,9 @@ fn test_score_consistency_with_hf() {
             );
             worst = worst.max(max_diff(&out.scores, &want));
         }
-        eprintln!("[consistency] {alias}: worst |ours - HF| = {worst:.2e}");
+        eprintln!(
+            "[consistency] {alias}: worst |ours - HF| = {worst:.2e}, token_logprobs {worst_lp:.2e}"
+        );
     }
 }
 
@@ -501,7 +522,8 @@ fn test_score_empty_item() {
 
 /// Plan 1.4: `apply_softmax: false` answers each label's full-vocabulary probability (rows sum to
 /// less than 1); `true` answers the softmax over the labels (rows sum to 1), which is the
-/// probability row renormalised; temperature sharpens or flattens only the softmax mode.
+/// probability row renormalised; temperature sharpens or flattens the softmax mode and is refused
+/// in the probability mode (SGLang's rule: other than 1 only with `apply_softmax`).
 #[test]
 fn test_score_apply_softmax() {
     let _serial = serial();
@@ -535,15 +557,12 @@ fn test_score_apply_softmax() {
     );
 
     // Temperature: softmax(logprob / T), checked from the probabilities; the probability mode
-    // ignores it.
+    // refuses it.
     let temps = [0.5, 2.0];
-    let bodies: Vec<Value> = temps
-        .iter()
-        .flat_map(|&t| [base(true, t), base(false, t)])
-        .collect();
+    let bodies: Vec<Value> = temps.iter().map(|&t| base(true, t)).collect();
     let answers = score_many(engine, &bodies);
     for (k, &t) in temps.iter().enumerate() {
-        let (tempered, ignored) = (&answers[2 * k], &answers[2 * k + 1]);
+        let tempered = &answers[k];
         for (p, s) in probs.scores.iter().zip(&tempered.scores) {
             let w: Vec<f64> = p.iter().map(|x| x.ln() / t).collect();
             let m = w.iter().cloned().fold(f64::MIN, f64::max);
@@ -552,10 +571,8 @@ fn test_score_apply_softmax() {
                 assert!(((wj - m).exp() / z - sj).abs() <= 1e-5, "temperature {t}");
             }
         }
-        assert!(
-            max_diff(&ignored.scores, &probs.scores) <= 1e-6,
-            "temperature {t}"
-        );
+        let msg = refused(engine, base(false, t));
+        assert!(msg.contains("apply_softmax"), "temperature {t}: {msg}");
     }
 }
 

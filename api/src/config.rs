@@ -97,6 +97,11 @@ pub struct ServiceConfig {
     pub batches: BatchConfig,
     /// Steering jobs that share a prefix to one worker.
     pub locality: LocalityConfig,
+    /// `--served-model-name` (repeatable): the names requests may use, the first being the id
+    /// `/v1/models` lists; empty: the model's own id. `default` is always accepted.
+    pub served_model_names: Vec<String>,
+    /// `--accept-any-model-name`: serve a request whatever model it names, and echo the name.
+    pub accept_any_model_name: bool,
 }
 
 /// Limits of `POST /v1/batches`.
@@ -159,6 +164,8 @@ impl Default for ServiceConfig {
             webhook_backoff: Duration::from_millis(500),
             batches: BatchConfig::default(),
             locality: LocalityConfig::default(),
+            served_model_names: Vec::new(),
+            accept_any_model_name: false,
         }
     }
 }

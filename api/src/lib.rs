@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod locality;
 mod metrics;
 pub mod routes;
+mod served;
 mod server;
 mod state;
 mod submit;
@@ -21,6 +22,7 @@ pub use config::{AuthMode, BatchConfig, ServiceConfig, StoreUrls};
 pub use connect::{announce_auth, connect_stores, migrate};
 pub use error::{ApiError, ErrorBody};
 pub use locality::{Locality, LocalityConfig, rendezvous};
+pub use served::ServedNames;
 pub use server::{Draining, HttpLimits, serve_app, shutdown_signal};
 pub use state::{AppState, Stores};
 
@@ -54,6 +56,7 @@ use utoipa::OpenApi;
     components(schemas(
         scorer_protocol::ScoreRequest,
         scorer_protocol::ScoreResponse,
+        scorer_protocol::chat::ChatMessage,
         scorer_protocol::job::JobObject,
         routes::jobs::JobRequest,
         routes::batches::BatchObject,

@@ -10,7 +10,7 @@ use scorer_protocol::Preparer;
 
 use crate::auth::Authenticator;
 use crate::submit::QueueSlots;
-use crate::{Locality, ServiceConfig};
+use crate::{Locality, ServedNames, ServiceConfig};
 
 /// The queue and the stores, real or in-process.
 #[derive(Clone)]
@@ -38,6 +38,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Places under the queue bound held by submissions not yet published.
     pub queue_slots: Arc<QueueSlots>,
+    /// The model names requests may use (`ServedNames::served_name`).
+    pub served: Arc<ServedNames>,
 }
 
 impl AppState {
@@ -55,6 +57,11 @@ impl AppState {
             config.worker_liveness,
         ));
         let auth = Arc::new(Authenticator::new(&config, stores.keys.clone()));
+        let served = Arc::new(ServedNames::new(
+            backend.model_id(),
+            &config.served_model_names,
+            config.accept_any_model_name,
+        ));
         AppState {
             backend,
             stores,
@@ -63,6 +70,7 @@ impl AppState {
             locality,
             auth,
             queue_slots: Arc::default(),
+            served,
         }
     }
 }

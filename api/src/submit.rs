@@ -20,7 +20,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use scorer_jobs::{Inserted, StoreError};
 use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, locality_key, now_millis};
-use scorer_protocol::{DEFAULT_MODEL_NAME, ScoreJob, ScoreRequest, refuse_nul_in_json};
+use scorer_protocol::{ScoreJob, ScoreRequest, refuse_nul_in_json};
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState, deadline};
@@ -52,16 +52,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, serde_json::V
     Ok((parsed, value))
 }
 
-/// 404 unless the request names this server's model (or none, or `default`).
-pub fn check_model(state: &AppState, req: &ScoreRequest) -> Result<(), ApiError> {
-    match req.model.as_deref() {
-        None | Some(DEFAULT_MODEL_NAME) => Ok(()),
-        Some(m) if m == state.backend.model_id() => Ok(()),
-        Some(m) => Err(ApiError::NotFound(format!(
-            "The model `{m}` does not exist. This server serves `{}`.",
-            state.backend.model_id()
-        ))),
-    }
+/// The name a request's answer carries in `model`, or 404 when this server does not serve the
+/// model it names: [`crate::ServedNames::served_name`], the one rule for every route.
+pub fn served_name(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
+    state.served.served_name(requested)
+}
+
+/// [`served_name`] of a `/v1/score` body.
+pub fn check_model(state: &AppState, req: &ScoreRequest) -> Result<String, ApiError> {
+    served_name(state, req.model.as_deref())
 }
 
 /// Validates and tokenizes on a blocking thread. The limits on items and tokens are checked by
@@ -165,7 +164,9 @@ async fn check_bounds(state: &AppState, tenant: &str) -> Result<QueueSlot, ApiEr
     Ok(slot)
 }
 
-pub fn envelope(record: &JobRecord, job: ScoreJob) -> JobEnvelope {
+/// The queue message of an accepted job; `served_as` is the name its result answers in `model`
+/// (the record's `model` is the queue: the model the server runs).
+pub fn envelope(record: &JobRecord, job: ScoreJob, served_as: &str) -> JobEnvelope {
     let locality = locality_key(&job);
     JobEnvelope {
         job_id: record.id,
@@ -180,6 +181,8 @@ pub fn envelope(record: &JobRecord, job: ScoreJob) -> JobEnvelope {
         attempt: 1,
         enqueued_at_ms: record.created_at.timestamp_millis(),
         locality,
+        outputs: job.outputs,
+        served_as: Some(served_as.to_string()),
     }
 }
 
@@ -198,6 +201,7 @@ pub async fn accept(
     state: &AppState,
     record: &JobRecord,
     job: ScoreJob,
+    served_as: &str,
 ) -> Result<Inserted, ApiError> {
     let _slot = check_bounds(state, &record.tenant).await?;
     let limit = state.config.store_timeout;
@@ -208,7 +212,7 @@ pub async fn accept(
             && existing.published_at.is_none()
         {
             tracing::info!(job = %existing.id, "replay of a job never published; publishing it");
-            let envelope = envelope(existing, job);
+            let envelope = envelope(existing, job, served_as);
             deadline(limit, "queue", publish(state, &envelope)).await?;
             mark_published(state, existing.id).await;
         }
@@ -218,7 +222,7 @@ pub async fn accept(
         // Not fatal: GET falls back to Postgres, and the worker writes the outcome here later.
         tracing::warn!(job = %record.id, error = %e, "could not cache queued state");
     }
-    let envelope = envelope(record, job);
+    let envelope = envelope(record, job, served_as);
     if let Err(e) = deadline(limit, "queue", publish(state, &envelope)).await {
         // Never queued: say so in the record rather than leave a job queued forever (if this
         // write fails too, the acceptance sweeper does it later).

@@ -106,6 +106,8 @@ async fn invalid_payload_fails_once(backing: Backing) {
         attempt: 1,
         enqueued_at_ms: record.created_at.timestamp_millis(),
         locality: None,
+        outputs: Default::default(),
+        served_as: None,
     };
     h.stores.queue.publish(&envelope).await.expect("publish");
     let done = h
@@ -179,6 +181,8 @@ async fn undecodable_record_is_dead_lettered_not_retried() {
         attempt: 1,
         enqueued_at_ms: record.created_at.timestamp_millis(),
         locality: None,
+        outputs: Default::default(),
+        served_as: None,
     };
     h.stores.queue.publish(&envelope).await.expect("publish");
     h.start_worker();

@@ -134,6 +134,7 @@ impl Case {
             apply_softmax: self.apply_softmax,
             item_first: false,
             temperature: None,
+            ..Default::default()
         }
     }
 }

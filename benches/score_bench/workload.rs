@@ -40,6 +40,7 @@ impl Scenario {
             apply_softmax: self.apply_softmax,
             item_first: false,
             temperature: None,
+            ..Default::default()
         }
     }
 

@@ -69,6 +69,7 @@ mod tests {
             labels: vec![vec![1]; prompts.len()],
             apply_softmax: true,
             temperature: 1.0,
+            outputs: Default::default(),
         }
     }
 

@@ -10,8 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use scorer_protocol::{Preparer, ScoreJob, ScoreRequest, ValidationError};
 
+use crate::chat_template::ChatTemplate;
 use crate::runtime::EngineConfig;
-use crate::scoring::{Limits, prepare};
+use crate::scoring::{ChatSupport, Limits, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
 
@@ -20,6 +21,7 @@ pub struct Frontend {
     tokenizer: Arc<Tokenizer>,
     config: ModelConfig,
     limits: Limits,
+    chat: ChatSupport,
 }
 
 impl Frontend {
@@ -38,6 +40,7 @@ impl Frontend {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "tokenizer and model metadata loaded (no weights)");
         Ok(Frontend {
+            chat: load_chat_support(&cfg.model_path, &cfg.model_id),
             model_id: cfg.model_id.clone(),
             tokenizer,
             config,
@@ -56,6 +59,11 @@ impl Frontend {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+
+    /// The model's chat template, if it has one this server can render.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref().ok()
+    }
 }
 
 impl Preparer for Frontend {
@@ -64,6 +72,7 @@ impl Preparer for Frontend {
     }
 
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
-        prepare(req, &self.tokenizer, self.config.vocab_size, &self.limits)
+        let vocab = self.config.vocab_size;
+        prepare(req, &self.tokenizer, &self.chat, vocab, &self.limits)
     }
 }

@@ -207,6 +207,7 @@ mod tests {
             labels: vec![labels.to_vec(); prompts.len()],
             apply_softmax: true,
             temperature: 1.0,
+            outputs: Default::default(),
         }
     }
 

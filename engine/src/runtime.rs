@@ -21,12 +21,13 @@ use scorer_protocol::{
     ScoreResponse, ValidationError,
 };
 
+use crate::chat_template::ChatTemplate;
 use crate::coalesce::{PrefixGroup, group_by_prefix};
 use crate::model::{DType, DirStore, HeadVariant, LoadOptions, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, ClientOptions, DeviceSelection, Plugin};
 use crate::prefix_cache::PrefixCache;
-use crate::scoring::{Limits, RowValues, finish_row, prepare};
+use crate::scoring::{ChatSupport, Limits, RowValues, finish_row, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
 
@@ -110,6 +111,7 @@ pub struct Engine {
     config: ModelConfig,
     limits: Limits,
     device: usize,
+    chat: ChatSupport,
     tx: mpsc::Sender<Command>,
 }
 
@@ -176,6 +178,7 @@ impl Engine {
                 config: config.clone(),
                 limits: cfg.limits,
                 device,
+                chat: load_chat_support(&cfg.model_path, &cfg.model_id),
                 tx,
             });
         }
@@ -201,6 +204,11 @@ impl Engine {
         &self.limits
     }
 
+    /// The model's chat template, if it has one this server can render.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref().ok()
+    }
+
     /// Validate, tokenize and score one request end to end.
     pub fn score(&self, req: &ScoreRequest) -> Result<ScoreResponse, ScoreError> {
         let job = self.prepare(req)?;
@@ -210,11 +218,7 @@ impl Engine {
             .pop()
             .unwrap_or_else(|| Err(JobFailure::new("the engine returned no result")))
             .map_err(|e| ScoreError::Engine(e.message))?;
-        Ok(ScoreResponse::new(
-            out.scores,
-            self.model_id.clone(),
-            out.prompt_tokens,
-        ))
+        Ok(ScoreResponse::from_output(out, self.model_id.clone()))
     }
 
     /// Ends the engine thread once the work already sent to it is done; every later call answers
@@ -241,7 +245,8 @@ impl ScoreBackend for Engine {
     }
 
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
-        prepare(req, &self.tokenizer, self.config.vocab_size, &self.limits)
+        let vocab = self.config.vocab_size;
+        prepare(req, &self.tokenizer, &self.chat, vocab, &self.limits)
     }
 
     fn score_batch(
@@ -326,10 +331,42 @@ fn serve(model: &Model, cfg: &EngineConfig, rx: mpsc::Receiver<Command>) {
     }
 }
 
+/// What a pass computes: the head variant, and whether the hidden states come back too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassKind {
+    head: HeadVariant,
+    pooled: bool,
+}
+
+impl PassKind {
+    /// Probabilities and token log-probabilities need the full-vocabulary normaliser; a softmax
+    /// over the labels alone needs only the label rows of the head. Hidden states leave the
+    /// device only for the jobs that asked for them.
+    fn of(job: &ScoreJob) -> PassKind {
+        let full = !job.apply_softmax || job.outputs.token_logprobs;
+        PassKind {
+            head: if full {
+                HeadVariant::FullLogprobs
+            } else {
+                HeadVariant::LabelLogits
+            },
+            pooled: job.outputs.pooled_hidden_states,
+        }
+    }
+}
+
+/// One item's answer.
+#[derive(Debug, Clone)]
+struct ItemRow {
+    scores: Vec<f64>,
+    logprobs: Option<Vec<f64>>,
+    hidden: Option<Vec<f32>>,
+}
+
 /// Per job: its rows as they are scored, or why it failed.
 struct Outcomes<'a> {
     jobs: &'a [ScoreJob],
-    rows: Vec<Vec<Option<Vec<f64>>>>,
+    rows: Vec<Vec<Option<ItemRow>>>,
     failed: Vec<Option<String>>,
 }
 
@@ -353,30 +390,29 @@ impl<'a> Outcomes<'a> {
         model: &Model,
         passes: Vec<Pass>,
         map: &[usize],
-        head: HeadVariant,
+        kind: PassKind,
         cached: Option<(&PrefixKv, usize)>,
     ) {
-        let kind = match head {
+        let values = match kind.head {
             HeadVariant::LabelLogits => RowValues::Logits,
             HeadVariant::FullLogprobs => RowValues::Logprobs,
         };
         for pass in passes {
-            let result = match cached {
-                Some((kv, len)) => model.run_cached(&pass.batch, head, kv, len),
-                None => model.run(&pass.batch, head),
-            };
-            match result {
-                Ok(values) => {
-                    for (target, row) in pass.rows.iter().zip(values) {
+            match model.run_with(&pass.batch, kind.head, kind.pooled, cached) {
+                Ok(out) => {
+                    for (r, (target, row)) in pass.rows.iter().zip(&out.values).enumerate() {
                         let j = map[target.job];
                         let job = &self.jobs[j];
-                        let width = job.labels[target.item].len();
-                        self.rows[j][target.item] = Some(finish_row(
-                            &row[..width.min(row.len())],
-                            kind,
-                            job.apply_softmax,
-                            job.temperature,
-                        ));
+                        let row = &row[..job.labels[target.item].len().min(row.len())];
+                        let logprobs = (job.outputs.token_logprobs
+                            && values == RowValues::Logprobs)
+                            .then(|| row.iter().map(|&v| f64::from(v)).collect());
+                        let hidden = out.hidden.as_ref().and_then(|h| h.get(r)).cloned();
+                        self.rows[j][target.item] = Some(ItemRow {
+                            scores: finish_row(row, values, job.apply_softmax, job.temperature),
+                            logprobs,
+                            hidden: hidden.filter(|_| job.outputs.pooled_hidden_states),
+                        });
                     }
                 }
                 Err(err) => {
@@ -396,17 +432,35 @@ impl<'a> Outcomes<'a> {
             .zip(self.failed)
             .map(|((job, rows), failed)| match failed {
                 Some(err) => Err(err),
-                None => rows
-                    .into_iter()
-                    .collect::<Option<Vec<_>>>()
-                    .map(|scores| ScoreOutput {
-                        scores,
-                        prompt_tokens: job.prompt_tokens(),
-                    })
-                    .ok_or_else(|| "an item was not scored".to_string()),
+                None => {
+                    let rows = rows
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| "an item was not scored".to_string())?;
+                    output(job, rows)
+                }
             })
             .collect()
     }
+}
+
+/// A job's output from its items' rows; every output it asked for must be there.
+fn output(job: &ScoreJob, rows: Vec<ItemRow>) -> Result<ScoreOutput, String> {
+    let mut out = ScoreOutput::empty(job.outputs);
+    out.prompt_tokens = job.prompt_tokens();
+    for row in rows {
+        out.scores.push(row.scores);
+        if let Some(all) = &mut out.token_logprobs {
+            all.push(
+                row.logprobs
+                    .ok_or("token log-probabilities were not computed")?,
+            );
+        }
+        if let Some(all) = &mut out.pooled_hidden_states {
+            all.push(row.hidden.ok_or("hidden states were not computed")?);
+        }
+    }
+    Ok(out)
 }
 
 /// Scores jobs with as few forward passes as the batch limit allows. Jobs sharing a long enough
@@ -419,14 +473,16 @@ fn run_jobs(
     jobs: &[ScoreJob],
 ) -> Vec<Result<ScoreOutput, String>> {
     let mut out = Outcomes::new(jobs);
-    // Probabilities need the full-vocabulary normaliser; a pass of softmax-only jobs needs only
-    // the label rows of the head.
-    let (softmax_jobs, full_jobs): (Vec<usize>, Vec<usize>) =
-        (0..jobs.len()).partition(|&j| jobs[j].apply_softmax);
-    for (group, head) in [
-        (softmax_jobs, HeadVariant::LabelLogits),
-        (full_jobs, HeadVariant::FullLogprobs),
-    ] {
+    // One group of passes per kind of pass the jobs need, in the order of first appearance.
+    let mut groups: Vec<(PassKind, Vec<usize>)> = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let kind = PassKind::of(job);
+        match groups.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, members)) => members.push(j),
+            None => groups.push((kind, vec![j])),
+        }
+    }
+    for (kind, group) in groups {
         let refs: Vec<&ScoreJob> = group.iter().map(|&j| &jobs[j]).collect();
         let coalesce = cfg.packing == Packing::SharedPrefix && cfg.prefix_min_tokens > 0;
         let (prefix_groups, mut plain) = if coalesce {
@@ -441,13 +497,13 @@ fn run_jobs(
                 continue;
             }
             let map: Vec<usize> = pg.jobs.iter().map(|&j| group[j]).collect();
-            run_prefix_group(model, cfg, cache, &pg, &map, head, &mut out);
+            run_prefix_group(model, cfg, cache, &pg, &map, kind, &mut out);
         }
         plain.sort_unstable();
         let plain_refs: Vec<&ScoreJob> = plain.iter().map(|&j| refs[j]).collect();
         let map: Vec<usize> = plain.iter().map(|&j| group[j]).collect();
         let passes = plan(&plain_refs, cfg.packing, cfg.max_batch_tokens);
-        out.run_passes(model, passes, &map, head, None);
+        out.run_passes(model, passes, &map, kind, None);
     }
     out.finish()
 }
@@ -460,7 +516,7 @@ fn run_prefix_group(
     cache: &mut PrefixCache,
     pg: &PrefixGroup,
     map: &[usize],
-    head: HeadVariant,
+    kind: PassKind,
     out: &mut Outcomes<'_>,
 ) {
     let want = pg.prefix.len();
@@ -503,10 +559,11 @@ fn run_prefix_group(
                 labels: job.labels.clone(),
                 apply_softmax: job.apply_softmax,
                 temperature: job.temperature,
+                outputs: job.outputs,
             }
         })
         .collect();
     let refs: Vec<&ScoreJob> = rest.iter().collect();
     let passes = plan_at(&refs, cfg.packing, cfg.max_batch_tokens, len);
-    out.run_passes(model, passes, map, head, Some((&kv, len)));
+    out.run_passes(model, passes, map, kind, Some((&kv, len)));
 }

@@ -1,12 +1,40 @@
 //! `/v1/score` semantics on top of the tokenizer and the model (brief §1).
 //!
 //! [`prepare`] turns a request into complete prompt token ids (text is joined as strings and
-//! tokenized once, token ids are joined as lists) plus labels per item, checking everything that
+//! tokenized once, token ids are joined as lists, a `query_messages` chat is rendered with the
+//! model's template and each item appended to it) plus labels per item, checking everything that
 //! needs the vocabulary. [`finish_row`] turns one scored position's label values into scores.
+
+use std::path::Path;
 
 use scorer_protocol::{ScoreJob, ScoreRequest, ValidatedInput, ValidationError};
 
+use crate::chat_template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
+
+/// A model's chat template, or the 400 a `query_messages` request gets when it has none (or one
+/// this server cannot render: the model still serves every other request).
+pub type ChatSupport = Result<ChatTemplate, ValidationError>;
+
+/// Loads the chat template of `model_path` for `prepare`; `model_id` names the model in the
+/// refusal when there is none.
+pub fn load_chat_support(model_path: &Path, model_id: &str) -> ChatSupport {
+    match ChatTemplate::for_model(model_path) {
+        Ok(Some(template)) => Ok(template),
+        Ok(None) => Err(ValidationError::new(format!(
+            "the model `{model_id}` has no chat template, so query_messages cannot be used with \
+             it: send the prompt as query text"
+        ))),
+        Err(e) => {
+            tracing::warn!(model = %model_id, error = %e,
+                "the chat template cannot be used; query_messages will be refused");
+            Err(ValidationError::new(format!(
+                "the chat template of the model `{model_id}` cannot be used ({e}), so \
+                 query_messages is not available: send the prompt as query text"
+            )))
+        }
+    }
+}
 
 pub use scorer_protocol::Limits;
 
@@ -15,11 +43,28 @@ pub use scorer_protocol::Limits;
 pub fn prepare(
     req: &ScoreRequest,
     tokenizer: &Tokenizer,
+    chat: &ChatSupport,
     vocab_size: usize,
     limits: &Limits,
 ) -> Result<ScoreJob, ValidationError> {
     let v = req.validate()?;
     let prompts: Vec<Vec<u32>> = match &v.input {
+        ValidatedInput::Chat { messages, items } => {
+            let template = chat.as_ref().map_err(Clone::clone)?;
+            check_items(items.len(), limits)?;
+            items
+                .iter()
+                .map(|item| {
+                    let text = template
+                        .score_prompt(messages, item)
+                        .map_err(|e| ValidationError::new(format!("query_messages: {e}")))?;
+                    // The template writes the special tokens the model wants.
+                    tokenizer
+                        .encode_without_specials(&text)
+                        .map_err(|e| ValidationError::new(format!("could not tokenize: {e:#}")))
+                })
+                .collect::<Result<_, _>>()?
+        }
         ValidatedInput::Text { query, items } => {
             check_items(items.len(), limits)?;
             items
@@ -90,6 +135,7 @@ pub fn prepare(
         labels: v.labels,
         apply_softmax: v.apply_softmax,
         temperature: v.temperature,
+        outputs: v.outputs,
     })
 }
 

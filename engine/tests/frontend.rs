@@ -84,3 +84,59 @@ fn metadata_alone_is_read_for_the_default_model() {
     let job = Preparer::prepare(&frontend, &requests()[0]).expect("prepared");
     assert_eq!(job.prompts.len(), 2);
 }
+
+/// `query_messages` through a `Preparer`: rendered with the model's chat template, each item
+/// appended, tokenized without special tokens: the ids transformers gives (goldens
+/// `chat_templates.json`); a model without a template (Gemma 3 270M, a base model) refuses it
+/// with a 400 naming the model, and still prepares every other request.
+#[test]
+fn query_messages_use_the_models_chat_template() {
+    let gold: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/reference/goldens/chat_templates.json"),
+        )
+        .expect("chat_templates.json"),
+    )
+    .expect("json");
+    let smol = Frontend::load(&EngineConfig::new(home::model_file(SMOL), SMOL.to_string()))
+        .expect("frontend loads");
+    assert!(smol.chat_template().is_some());
+    let model = &gold["models"][SMOL];
+    let convs = model["conversations"].as_array().expect("conversations");
+    for sp in model["score_prompts"].as_array().expect("score_prompts") {
+        let conv = convs
+            .iter()
+            .find(|c| c["name"] == sp["conversation"])
+            .expect("conversation");
+        let req: ScoreRequest = serde_json::from_value(serde_json::json!({
+            "query_messages": conv["messages"], "items": [sp["item"], sp["item"]],
+            "label_token_ids": [10539]}))
+        .expect("request");
+        let job = Preparer::prepare(&smol, &req).expect("prepared");
+        let want: Vec<u32> = serde_json::from_value(sp["ids"].clone()).expect("ids");
+        assert_eq!(job.prompts, vec![want.clone(), want], "{sp}");
+    }
+
+    let gemma = "gemma-3-270m-q4_k_m";
+    let base = Frontend::load(&EngineConfig::new(
+        home::model_file(gemma),
+        gemma.to_string(),
+    ))
+    .expect("frontend loads");
+    assert!(base.chat_template().is_none());
+    let chat: ScoreRequest = serde_json::from_value(serde_json::json!({
+        "query_messages": [{"role": "user", "content": "Hi"}], "items": ["a"],
+        "label_token_ids": [1]}))
+    .expect("request");
+    let err = Preparer::prepare(&base, &chat).expect_err("refused");
+    assert!(
+        err.message.contains(gemma) && err.message.contains("no chat template"),
+        "{}",
+        err.message
+    );
+    let plain: ScoreRequest = serde_json::from_value(serde_json::json!({
+        "query": "Hi", "items": ["a"], "label_token_ids": [1]}))
+    .expect("request");
+    assert!(Preparer::prepare(&base, &plain).is_ok());
+}

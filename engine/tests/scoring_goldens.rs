@@ -177,6 +177,7 @@ fn jobs_from_prompt_ids(gold: &Value) -> Vec<(String, ScoreJob, Vec<Vec<f64>>)> 
                 labels,
                 apply_softmax: case["apply_softmax"].as_bool().unwrap_or(false),
                 temperature: case["temperature"].as_f64().unwrap_or(1.0),
+                outputs: Default::default(),
             };
             let name = case["name"].as_str().expect("name").to_string();
             (name, job, f64s(&case["scores"]))

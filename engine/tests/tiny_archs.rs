@@ -5,17 +5,23 @@
 //! (the query's keys/values computed by a prefix pass, whole or in part, and the rest attending
 //! them). Prompts are longer than the sliding windows, so windows are crossed inside the batch,
 //! across the shared prefix and across cached columns.
+//!
+//! `return_pooled_hidden_states` too: the pooled program variant's second result is the
+//! final-norm hidden state at each scored position, equal to transformers' last
+//! `output_hidden_states` there within 1e-4 (`tiny_pooled.json`, written by
+//! `tests/reference/tiny_pooled.py` for the Qwen3 and Gemma 3 checkpoints), through the same three
+//! paths; the label values are those of the program without it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use scorer_engine::coalesce::shareable_prefix;
-use scorer_engine::model::{HeadVariant, LayerLayout, LoadOptions, Model};
+use scorer_engine::model::{HeadRows, HeadVariant, LayerLayout, LoadOptions, Model};
 use scorer_engine::packing::{Packing, Pass, plan, plan_at};
 use scorer_engine::pjrt::{Client, Plugin, default_plugin_path};
 use scorer_engine::weights::{self, ModelWeights};
-use scorer_protocol::ScoreJob;
+use scorer_protocol::{Outputs, ScoreJob};
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
@@ -35,12 +41,14 @@ fn goldens_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/goldens")
 }
 
+fn read_golden(name: &str) -> Value {
+    let path = goldens_dir().join(name);
+    serde_json::from_slice(&std::fs::read(&path).expect(name)).expect("json")
+}
+
 fn golden() -> &'static Value {
     static GOLD: OnceLock<Value> = OnceLock::new();
-    GOLD.get_or_init(|| {
-        let path = goldens_dir().join("tiny_archs.json");
-        serde_json::from_slice(&std::fs::read(&path).expect("tiny_archs.json")).expect("json")
-    })
+    GOLD.get_or_init(|| read_golden("tiny_archs.json"))
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -59,6 +67,7 @@ fn job(prompts: Vec<Vec<u32>>, vocab: usize) -> ScoreJob {
         prompts,
         apply_softmax: false,
         temperature: 1.0,
+        outputs: Default::default(),
     }
 }
 
@@ -82,7 +91,7 @@ fn collect(
 }
 
 fn assert_close(got: &[f32], want: &[f64], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: vocabulary width");
+    assert_eq!(got.len(), want.len(), "{what}: width");
     let mut worst = 0.0f64;
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (*g as f64 - w).abs();
@@ -305,4 +314,139 @@ fn dynamic_rope_refuses_positions_past_its_exact_range() {
             "{e:#}"
         );
     }
+}
+
+/// Runs `passes` with the pooled variant and puts each (values, hidden) at its item.
+fn run_all(
+    passes: Vec<Pass>,
+    items: usize,
+    run: impl Fn(&Pass) -> HeadRows,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut out = vec![(Vec::new(), Vec::new()); items];
+    for pass in passes {
+        let rows = run(&pass);
+        let hidden = rows
+            .hidden
+            .expect("the pooled variant returns hidden states");
+        assert_eq!(hidden.len(), rows.values.len(), "one hidden state per row");
+        for ((target, values), h) in pass.rows.iter().zip(rows.values).zip(hidden) {
+            out[target.item] = (values, h);
+        }
+    }
+    out
+}
+
+fn check_pooled(name: &str) {
+    let pooled = read_golden("tiny_pooled.json");
+    let gold = &pooled["models"][name];
+    let (w, arch) = load(name);
+    assert_eq!(gold["dir"], arch["dir"]);
+    let model = Model::load_with(client(), &w, LoadOptions::default()).expect("model loads");
+    let hidden_size = gold["hidden_size"].as_u64().expect("hidden_size") as usize;
+    let max = model.max_tokens();
+    let head = HeadVariant::FullLogprobs;
+    let cases = gold["cases"].as_array().expect("cases");
+    let want = |k: usize| -> Vec<f64> {
+        serde_json::from_value(cases[k]["hidden"].clone()).expect("hidden")
+    };
+    let labels: Vec<u32> = vec![3, 17, 200];
+    let job = |prompts: Vec<Vec<u32>>| ScoreJob {
+        labels: vec![labels.clone(); prompts.len()],
+        prompts,
+        apply_softmax: false,
+        temperature: 1.0,
+        outputs: Outputs {
+            token_logprobs: true,
+            pooled_hidden_states: true,
+        },
+    };
+    let mut worst = 0.0f64;
+
+    // Plain: every golden prompt its own segment, in one pass.
+    let plain = job(cases.iter().map(|c| ids(&c["ids"])).collect());
+    let rows = run_all(plan(&[&plain], Packing::PerItem, max), cases.len(), |p| {
+        model.run_with(&p.batch, head, true, None).expect("pass")
+    });
+    let mut without = vec![Vec::new(); cases.len()];
+    for pass in plan(&[&plain], Packing::PerItem, max) {
+        let values = model.run(&pass.batch, head).expect("pass");
+        for (target, v) in pass.rows.iter().zip(values) {
+            without[target.item] = v;
+        }
+    }
+    for (k, (values, hidden)) in rows.iter().enumerate() {
+        assert_eq!(hidden.len(), hidden_size);
+        worst = worst.max(assert_close(hidden, &want(k), &format!("{name} plain {k}")));
+        assert_eq!(values.len(), labels.len());
+        for (a, b) in values.iter().zip(&without[k]) {
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "{name} plain {k}: values change with pooling"
+            );
+        }
+    }
+
+    // Shared prefix and cached prefix: the first multi-item group, whose item 0 has a golden.
+    let group = &arch["multi_item"][0];
+    let query = ids(&group["query_ids"]);
+    let items: Vec<Vec<u32>> = group["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| [query.clone(), ids(i)].concat())
+        .collect();
+    let n = items.len();
+    let multi = job(items);
+    let want0 = want(cases.len() - 1);
+    assert_eq!(
+        cases[cases.len() - 1]["ids"],
+        serde_json::json!(multi.prompts[0])
+    );
+    let shared = run_all(plan(&[&multi], Packing::SharedPrefix, max), n, |p| {
+        model.run_with(&p.batch, head, true, None).expect("pass")
+    });
+    worst = worst.max(assert_close(
+        &shared[0].1,
+        &want0,
+        &format!("{name} shared"),
+    ));
+    let prefix = shareable_prefix(&multi).to_vec();
+    let kv = model.prefix_kv(&prefix).expect("prefix pass");
+    let len = prefix.len();
+    let rest = ScoreJob {
+        prompts: multi.prompts.iter().map(|p| p[len..].to_vec()).collect(),
+        ..multi.clone()
+    };
+    let cached = run_all(plan_at(&[&rest], Packing::SharedPrefix, max, len), n, |p| {
+        model
+            .run_with(&p.batch, head, true, Some((&kv, len)))
+            .expect("cached pass")
+    });
+    worst = worst.max(assert_close(
+        &cached[0].1,
+        &want0,
+        &format!("{name} cached"),
+    ));
+    for (k, (s, c)) in shared.iter().zip(&cached).enumerate() {
+        let d =
+            s.1.iter()
+                .zip(&c.1)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+        assert!(
+            d <= 1e-4,
+            "{name} item {k}: shared vs cached hidden states differ by {d}"
+        );
+    }
+    eprintln!("{name}: worst |ours - HF| hidden state = {worst:.2e}");
+}
+
+#[test]
+fn qwen3_pooled_hidden_states_match_hugging_face() {
+    check_pooled("qwen3");
+}
+
+#[test]
+fn gemma3_pooled_hidden_states_match_hugging_face() {
+    check_pooled("gemma3-sw");
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::score::{ScoreJob, ScoreResponse};
+use crate::score::{Outputs, ScoreJob, ScoreResponse};
 
 /// Lifecycle of a job. `queued -> running -> succeeded | failed`; `queued -> cancelled | expired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -140,6 +140,13 @@ pub struct JobEnvelope {
     /// that worker's prefix cache serves them. Absent in messages from older producers.
     #[serde(default)]
     pub locality: Option<u64>,
+    /// What the job answers besides scores; absent in older messages (scores only).
+    #[serde(default)]
+    pub outputs: Outputs,
+    /// The model name the request used, echoed as the result's `model` (`model` above is the
+    /// queue, the model the server runs). Absent in older messages: `model` is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_as: Option<String>,
 }
 
 impl JobEnvelope {
@@ -149,7 +156,13 @@ impl JobEnvelope {
             labels: self.labels.clone(),
             apply_softmax: self.apply_softmax,
             temperature: self.temperature,
+            outputs: self.outputs,
         }
+    }
+
+    /// The name the result answers in `model`.
+    pub fn answered_model(&self) -> &str {
+        self.served_as.as_deref().unwrap_or(&self.model)
     }
 
     pub fn prompt_tokens(&self) -> usize {
@@ -372,6 +385,7 @@ mod tests {
             prompts,
             apply_softmax: true,
             temperature: 1.0,
+            outputs: Outputs::default(),
         }
     }
 

@@ -12,7 +12,7 @@ pub use limits::Limits;
 pub use prepare::Preparer;
 
 pub use score::{
-    DEFAULT_MODEL_NAME, EngineUnavailable, Items, JobFailure, LabelIds, ScoreBackend, ScoreJob,
-    ScoreOutput, ScoreRequest, ScoreResponse, TextOrTokens, Usage, Validated, ValidatedInput,
-    ValidationError, refuse_nul, refuse_nul_in_json,
+    DEFAULT_MODEL_NAME, EngineUnavailable, Items, JobFailure, LabelIds, Outputs, ScoreBackend,
+    ScoreJob, ScoreOutput, ScoreRequest, ScoreResponse, TextOrTokens, Usage, Validated,
+    ValidatedInput, ValidationError, refuse_nul, refuse_nul_in_json,
 };

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::chat::ChatMessage;
+
 /// The model name a request may use to mean "whatever this server serves".
 pub const DEFAULT_MODEL_NAME: &str = "default";
 
@@ -36,12 +38,19 @@ pub enum LabelIds {
     PerItem(Vec<Vec<i64>>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ScoreRequest {
+    /// A name this server serves (`--served-model-name`, `default`, or any with
+    /// `--accept-any-model-name`); echoed in the response's `model`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<TextOrTokens>,
+    /// Instead of `query`: a chat, rendered with the model's chat template and
+    /// `add_generation_prompt=true`; each item (text) is appended to it as the start of the
+    /// assistant's answer. Not with `query`, `item_first` or token-id items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_messages: Option<Vec<ChatMessage>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Items>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,8 +59,17 @@ pub struct ScoreRequest {
     pub apply_softmax: bool,
     #[serde(default)]
     pub item_first: bool,
+    /// Divides the label log-probabilities before the softmax over the labels: finite, > 0, and
+    /// other than 1 only with `apply_softmax` (SGLang's rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// Also answer `token_logprobs`: per item, each label's full-vocabulary log-probability.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub return_token_logprobs: bool,
+    /// Also answer `pooled_hidden_states`: per item, the final-norm hidden state at the scored
+    /// position (the input of the LM head).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub return_pooled_hidden_states: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -80,6 +98,14 @@ pub struct ScoreResponse {
     pub usage: Usage,
     /// Always `"scoring"`.
     pub object: String,
+    /// With `return_token_logprobs`: per item, per label (in `label_token_ids` order), the label's
+    /// log-probability under the full-vocabulary softmax at the scored position (temperature 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_logprobs: Option<Vec<Vec<f64>>>,
+    /// With `return_pooled_hidden_states`: per item, the hidden state after the final norm at the
+    /// scored position (`hidden_size` floats; what the LM head multiplies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled_hidden_states: Option<Vec<Vec<f32>>>,
 }
 
 impl ScoreResponse {
@@ -89,8 +115,29 @@ impl ScoreResponse {
             model: model.into(),
             usage: Usage::prompt_only(prompt_tokens),
             object: "scoring".to_string(),
+            token_logprobs: None,
+            pooled_hidden_states: None,
         }
     }
+
+    /// The answer to a scored job, `model` being the name the request used.
+    pub fn from_output(out: ScoreOutput, model: impl Into<String>) -> Self {
+        ScoreResponse {
+            token_logprobs: out.token_logprobs,
+            pooled_hidden_states: out.pooled_hidden_states,
+            ..ScoreResponse::new(out.scores, model, out.prompt_tokens)
+        }
+    }
+}
+
+/// What a job answers besides its scores. Each is computed only when asked for: token
+/// log-probabilities need the full-vocabulary head, hidden states leave the device only then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Outputs {
+    #[serde(default)]
+    pub token_logprobs: bool,
+    #[serde(default)]
+    pub pooled_hidden_states: bool,
 }
 
 /// A request after validation and tokenization: what travels to the worker.
@@ -105,6 +152,9 @@ pub struct ScoreJob {
     pub labels: Vec<Vec<u32>>,
     pub apply_softmax: bool,
     pub temperature: f64,
+    /// Absent in messages from older producers: scores only.
+    #[serde(default)]
+    pub outputs: Outputs,
 }
 
 impl ScoreJob {
@@ -143,19 +193,46 @@ impl ScoreJob {
 pub struct ScoreOutput {
     pub scores: Vec<Vec<f64>>,
     pub prompt_tokens: usize,
+    /// Per item and label, when the job asked for them ([`Outputs::token_logprobs`]).
+    #[serde(default)]
+    pub token_logprobs: Option<Vec<Vec<f64>>>,
+    /// Per item, when the job asked for them ([`Outputs::pooled_hidden_states`]).
+    #[serde(default)]
+    pub pooled_hidden_states: Option<Vec<Vec<f32>>>,
 }
 
 impl ScoreOutput {
+    /// The output of a job with no items: empty rows of everything it asked for.
+    pub fn empty(outputs: Outputs) -> Self {
+        ScoreOutput {
+            scores: Vec::new(),
+            prompt_tokens: 0,
+            token_logprobs: outputs.token_logprobs.then(Vec::new),
+            pooled_hidden_states: outputs.pooled_hidden_states.then(Vec::new),
+        }
+    }
+
     /// Scores are probabilities: NaN or infinity is an engine fault, and JSON cannot carry it
     /// (serde_json writes `null`, which no reader decodes as a score). Such an output is never
-    /// stored; the job fails instead.
+    /// stored; the job fails instead. The same holds for log-probabilities and hidden states.
     pub fn check_finite(&self) -> Result<(), JobFailure> {
-        match self.scores.iter().flatten().find(|s| !s.is_finite()) {
-            None => Ok(()),
-            Some(bad) => Err(JobFailure::new(format!(
-                "the engine produced a non-finite score ({bad}); nothing was stored"
-            ))),
+        let bad = |what: &str, v: f64| {
+            JobFailure::new(format!(
+                "the engine produced a non-finite {what} ({v}); nothing was stored"
+            ))
+        };
+        if let Some(s) = self.scores.iter().flatten().find(|s| !s.is_finite()) {
+            return Err(bad("score", *s));
         }
+        let logprobs = self.token_logprobs.iter().flatten().flatten();
+        if let Some(s) = logprobs.into_iter().find(|s| !s.is_finite()) {
+            return Err(bad("token log-probability", *s));
+        }
+        let hidden = self.pooled_hidden_states.iter().flatten().flatten();
+        if let Some(s) = hidden.into_iter().find(|s| !s.is_finite()) {
+            return Err(bad("hidden state", f64::from(*s)));
+        }
+        Ok(())
     }
 }
 
@@ -220,6 +297,11 @@ pub enum ValidatedInput<'a> {
         query: &'a str,
         items: Vec<&'a str>,
     },
+    /// `query_messages`: a chat each item (text) continues as the assistant's answer.
+    Chat {
+        messages: &'a [ChatMessage],
+        items: Vec<&'a str>,
+    },
     Tokens {
         query: Vec<u32>,
         items: Vec<Vec<u32>>,
@@ -234,6 +316,7 @@ pub struct Validated<'a> {
     pub apply_softmax: bool,
     pub item_first: bool,
     pub temperature: f64,
+    pub outputs: Outputs,
 }
 
 fn to_ids(ids: &[i64]) -> Result<Vec<u32>, ValidationError> {
@@ -260,6 +343,12 @@ impl ScoreRequest {
                 "temperature must be a positive number, got {temperature}"
             )));
         }
+        if temperature != 1.0 && !self.apply_softmax {
+            return Err(ValidationError::new(format!(
+                "temperature {temperature} needs apply_softmax=true: without it the scores are the \
+                 model's own probabilities, at temperature 1"
+            )));
+        }
         let labels = match &self.label_token_ids {
             None => return Err(ValidationError::new("label_token_ids must be provided")),
             Some(LabelIds::Shared(ids)) if ids.is_empty() => {
@@ -283,6 +372,9 @@ impl ScoreRequest {
             .items
             .as_ref()
             .ok_or_else(|| ValidationError::new("items must be provided"))?;
+        if let Some(messages) = &self.query_messages {
+            return self.validated(chat_input(messages, self, items)?, labels, temperature);
+        }
         let query = self.query.as_ref();
         let input = match (query, items) {
             (None | Some(TextOrTokens::Text(_)), Items::One(item)) => ValidatedInput::Text {
@@ -317,12 +409,20 @@ impl ScoreRequest {
         };
         if let ValidatedInput::Text { query, items } = &input {
             refuse_nul("query", query)?;
-            for (i, item) in items.iter().enumerate() {
-                refuse_nul(&format!("items[{i}]"), item)?;
-            }
+            refuse_nul_items(items)?;
         }
+        self.validated(input, labels, temperature)
+    }
+
+    /// The checks common to every kind of input: labels per item, unique within an item.
+    fn validated<'a>(
+        &'a self,
+        input: ValidatedInput<'a>,
+        labels: LabelsSpec,
+        temperature: f64,
+    ) -> Result<Validated<'a>, ValidationError> {
         let n_items = match &input {
-            ValidatedInput::Text { items, .. } => items.len(),
+            ValidatedInput::Text { items, .. } | ValidatedInput::Chat { items, .. } => items.len(),
             ValidatedInput::Tokens { items, .. } => items.len(),
         };
         let labels = labels.per_item(n_items)?;
@@ -340,8 +440,56 @@ impl ScoreRequest {
             apply_softmax: self.apply_softmax,
             item_first: self.item_first,
             temperature,
+            outputs: Outputs {
+                token_logprobs: self.return_token_logprobs,
+                pooled_hidden_states: self.return_pooled_hidden_states,
+            },
         })
     }
+}
+
+/// `query_messages` with text items; the combinations that have no meaning are refused.
+fn chat_input<'a>(
+    messages: &'a [ChatMessage],
+    req: &ScoreRequest,
+    items: &'a Items,
+) -> Result<ValidatedInput<'a>, ValidationError> {
+    if req.query.is_some() {
+        return Err(ValidationError::new(
+            "query and query_messages cannot both be given: send the prompt as one of them",
+        ));
+    }
+    if req.item_first {
+        return Err(ValidationError::new(
+            "item_first cannot be combined with query_messages: each item is the start of the \
+             assistant's answer, after the chat",
+        ));
+    }
+    if messages.is_empty() {
+        return Err(ValidationError::new("query_messages must not be empty"));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        refuse_nul(&format!("query_messages[{i}].role"), &m.role)?;
+        refuse_nul(&format!("query_messages[{i}].content"), &m.content)?;
+    }
+    let items = match items {
+        Items::One(item) => vec![item.as_str()],
+        Items::Texts(list) => list.iter().map(String::as_str).collect(),
+        Items::Tokens(_) => {
+            return Err(ValidationError::new(
+                "with query_messages the items must be text, not token ids",
+            ));
+        }
+    };
+    refuse_nul_items(&items)?;
+    Ok(ValidatedInput::Chat { messages, items })
+}
+
+fn refuse_nul_items(items: &[&str]) -> Result<(), ValidationError> {
+    for (i, item) in items.iter().enumerate() {
+        refuse_nul(&format!("items[{i}]"), item)?;
+    }
+    Ok(())
 }
 
 /// The NUL character (U+0000) is refused in every text the service accepts: PostgreSQL cannot
@@ -416,187 +564,4 @@ impl LabelsSpec {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(json: serde_json::Value) -> ScoreRequest {
-        serde_json::from_value(json).expect("request parses")
-    }
-
-    #[test]
-    fn text_request_validates() {
-        let r = req(serde_json::json!({
-            "query": "I pledge allegiance", "items": ["", " to"], "label_token_ids": [1, 2]
-        }));
-        let v = r.validate().expect("valid");
-        assert_eq!(
-            v.input,
-            ValidatedInput::Text {
-                query: "I pledge allegiance",
-                items: vec!["", " to"]
-            }
-        );
-        assert_eq!(v.labels, vec![vec![1, 2], vec![1, 2]]);
-        assert!(!v.apply_softmax);
-        assert_eq!(v.temperature, 1.0);
-    }
-
-    #[test]
-    fn errors_carry_sglang_messages() {
-        let cases = [
-            (
-                serde_json::json!({"query": "q", "items": ["a"]}),
-                "label_token_ids must be provided",
-            ),
-            (
-                serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": []}),
-                "must not be empty",
-            ),
-            (
-                serde_json::json!({"query": "q", "label_token_ids": [1]}),
-                "items must be provided",
-            ),
-            (
-                serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [-1]}),
-                "Token ID -1 is negative",
-            ),
-            (
-                serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1, 1]}),
-                "must be unique",
-            ),
-            (
-                serde_json::json!({"query": "q", "items": ["a", "b"], "label_token_ids": [[1], [2], [3]]}),
-                "one list per item",
-            ),
-            (
-                serde_json::json!({"query": "q", "items": [[1, 2]], "label_token_ids": [1]}),
-                "Invalid combination",
-            ),
-            (
-                serde_json::json!({"query": "q", "items": ["a"], "label_token_ids": [1], "temperature": 0.0}),
-                "temperature",
-            ),
-        ];
-        for (body, msg) in cases {
-            let err = req(body.clone()).validate().expect_err("invalid");
-            assert!(err.message.contains(msg), "{body}: {}", err.message);
-        }
-    }
-
-    #[test]
-    fn nul_characters_are_refused_where_they_are() {
-        let cases = [
-            (
-                serde_json::json!({"query": "a\u{0}", "items": ["x"], "label_token_ids": [1]}),
-                "query",
-            ),
-            (
-                serde_json::json!({"query": "a", "items": ["x", "\u{0}"], "label_token_ids": [1]}),
-                "items[1]",
-            ),
-            (
-                serde_json::json!({"query": "a", "items": "\u{0}", "label_token_ids": [1]}),
-                "items[0]",
-            ),
-        ];
-        for (body, field) in cases {
-            let err = req(body.clone()).validate().expect_err("NUL refused");
-            assert!(err.message.starts_with(field), "{body}: {}", err.message);
-            assert!(err.message.contains("NUL"), "{}", err.message);
-        }
-        let body = serde_json::json!({"metadata": {"k": ["ok", "b\u{0}"]}, "x": 1});
-        let err = refuse_nul_in_json(&body).expect_err("NUL refused");
-        assert!(
-            err.message.starts_with("$.metadata.k[1]"),
-            "{}",
-            err.message
-        );
-        let key = serde_json::json!({"a\u{0}": 1});
-        assert!(refuse_nul_in_json(&key).is_err());
-        assert!(refuse_nul_in_json(&serde_json::json!({"a": ["b", {"c": "d"}]})).is_ok());
-    }
-
-    #[test]
-    fn a_job_from_the_queue_is_checked_again() {
-        let good = ScoreJob {
-            prompts: vec![vec![1, 2]],
-            labels: vec![vec![3]],
-            apply_softmax: true,
-            temperature: 1.0,
-        };
-        assert!(good.check().is_ok());
-        for (bad, what) in [
-            (
-                ScoreJob {
-                    temperature: 0.0,
-                    ..good.clone()
-                },
-                "temperature",
-            ),
-            (
-                ScoreJob {
-                    temperature: f64::NAN,
-                    ..good.clone()
-                },
-                "temperature",
-            ),
-            (
-                ScoreJob {
-                    labels: vec![],
-                    ..good.clone()
-                },
-                "label lists",
-            ),
-            (
-                ScoreJob {
-                    prompts: vec![vec![]],
-                    ..good.clone()
-                },
-                "prompt is empty",
-            ),
-            (
-                ScoreJob {
-                    labels: vec![vec![]],
-                    ..good.clone()
-                },
-                "label list is empty",
-            ),
-        ] {
-            let err = bad.check().expect_err("refused");
-            assert!(err.message.contains(what), "{}", err.message);
-        }
-        let nan = ScoreOutput {
-            scores: vec![vec![0.5, f64::NAN]],
-            prompt_tokens: 2,
-        };
-        assert!(nan.check_finite().is_err());
-        let fine = ScoreOutput {
-            scores: vec![vec![0.5, 0.5]],
-            prompt_tokens: 2,
-        };
-        assert!(fine.check_finite().is_ok());
-    }
-
-    #[test]
-    fn empty_items_is_not_an_error() {
-        for body in [
-            serde_json::json!({"query": "q", "items": [], "label_token_ids": [1]}),
-            serde_json::json!({"query": [1, 2], "items": [], "label_token_ids": [1]}),
-        ] {
-            let r = req(body);
-            let v = r.validate().expect("valid");
-            assert!(v.labels.is_empty());
-        }
-    }
-
-    #[test]
-    fn response_serializes_in_sglang_shape() {
-        let r = ScoreResponse::new(vec![vec![0.25, 0.75]], "m", 7);
-        let v = serde_json::to_value(&r).expect("serializes");
-        assert_eq!(
-            v,
-            serde_json::json!({"scores": [[0.25, 0.75]], "model": "m", "object": "scoring",
-                "usage": {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}})
-        );
-    }
-}
+mod tests;

@@ -24,6 +24,8 @@ pub fn envelope(model: &str, priority: JobPriority, tokens: Vec<u32>) -> JobEnve
         attempt: 1,
         enqueued_at_ms: chrono::Utc::now().timestamp_millis(),
         locality: None,
+        outputs: Default::default(),
+        served_as: None,
     }
 }
 

@@ -148,6 +148,8 @@ mod tests {
             temperature: 1.0,
             attempt: 1,
             locality: None,
+            outputs: Default::default(),
+            served_as: None,
             enqueued_at_ms: 0,
         }
     }

@@ -104,11 +104,7 @@ pub(crate) async fn run_batch(
                 record.status = JobStatus::Succeeded;
                 record.finished_at = Some(now_millis());
                 record.prompt_tokens = Some(out.prompt_tokens as i64);
-                record.result = Some(ScoreResponse::new(
-                    out.scores,
-                    r.envelope.model.clone(),
-                    out.prompt_tokens,
-                ));
+                record.result = Some(ScoreResponse::from_output(out, r.envelope.answered_model()));
             }
             Err(failure) => {
                 record.prompt_tokens = Some(r.envelope.prompt_tokens() as i64);

@@ -101,7 +101,7 @@ pub async fn submit(
                 .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))
         })
         .transpose()?;
-    check_model(&state, &req.score)?;
+    let served = check_model(&state, &req.score)?;
     let job = prepare(&state, req.score).await?;
 
     let model = state.backend.model_id().to_string();
@@ -113,7 +113,7 @@ pub async fn submit(
     )));
     record.request = Some(raw);
     record.idempotency_key = key;
-    match accept(&state, &record, job).await? {
+    match accept(&state, &record, job, &served).await? {
         Inserted::Created => Ok(accepted(&record)),
         Inserted::Existing(existing) => {
             if existing.request_hash == record.request_hash {

@@ -26,14 +26,16 @@ pub struct ModelCard {
     pub owned_by: &'static str,
 }
 
-/// The model this server scores with.
+/// The model this server scores with, under its canonical name (the first
+/// `--served-model-name`, else the model's own id). Aliases and `default` are accepted by every
+/// route but not listed, as one model is served.
 #[utoipa::path(get, path = "/v1/models", tag = "meta",
     responses((status = 200, description = "Served models", body = ModelList)))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
         data: vec![ModelCard {
-            id: state.backend.model_id().to_string(),
+            id: state.served.canonical().to_string(),
             object: "model",
             owned_by: "scorer",
         }],

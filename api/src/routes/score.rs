@@ -8,7 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
-use scorer_protocol::{ScoreRequest, ScoreResponse};
+use scorer_protocol::{ScoreOutput, ScoreRequest, ScoreResponse};
 use uuid::Uuid;
 
 use crate::submit::{accept, body_bytes, check_model, parse_json, prepare};
@@ -47,13 +47,14 @@ pub async fn score(
     let tenant = auth::tenant(&state, &headers).await?;
     let bytes = body_bytes(body, &state)?;
     let (req, raw): (ScoreRequest, _) = parse_json(&bytes)?;
-    check_model(&state, &req)?;
+    let served = check_model(&state, &req)?;
     let timeout = request_timeout(&state, &headers)?;
     let job = prepare(&state, req).await?;
     let model = state.backend.model_id().to_string();
     if job.prompts.is_empty() {
         // Nothing to score (`items: []` is valid): no need to go through the queue.
-        return Ok(Json(ScoreResponse::new(Vec::new(), model, 0)));
+        let empty = ScoreOutput::empty(job.outputs);
+        return Ok(Json(ScoreResponse::from_output(empty, served)));
     }
     let mut record = JobRecord::queued(
         Uuid::now_v7(),
@@ -63,7 +64,7 @@ pub async fn score(
         JobPriority::Sync,
     );
     record.request = Some(raw);
-    accept(&state, &record, job).await?;
+    accept(&state, &record, job, &served).await?;
     // The wait itself is bounded by `timeout`; the extra deadline covers a Redis that stops
     // answering mid-wait.
     let wait = deadline(

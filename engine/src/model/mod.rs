@@ -8,6 +8,7 @@
 
 mod attention;
 pub mod buckets;
+mod head;
 mod load;
 mod params;
 mod program;
@@ -25,6 +26,7 @@ use crate::weights::ModelConfig;
 
 use params::Dims;
 
+pub use head::HeadRows;
 pub use params::LayerLayout;
 use program::{ProgramKind, ProgramSpec, build_program};
 
@@ -236,6 +238,7 @@ impl Model {
             head,
             kind: ProgramKind::Score,
             cache: 0,
+            pooled: false,
         })
     }
 
@@ -328,7 +331,8 @@ impl Model {
     /// label: log-probabilities ([`HeadVariant::FullLogprobs`]) or logits
     /// ([`HeadVariant::LabelLogits`]). Only these `[S, L]` values leave the device.
     pub fn run(&self, batch: &PackedBatch, head: HeadVariant) -> Result<Vec<Vec<f32>>> {
-        self.run_inner(batch, head, None)
+        self.run_with(batch, head, false, None)
+            .map(|rows| rows.values)
     }
 
     /// [`Model::run`] on a batch that continues a cached prefix: every real token also attends
@@ -342,12 +346,8 @@ impl Model {
         prefix: &PrefixKv,
         len: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        ensure!(
-            len > 0 && len <= prefix.tokens,
-            "cached prefix length {len} outside 1..={}",
-            prefix.tokens
-        );
-        self.run_inner(batch, head, Some((prefix, len)))
+        self.run_with(batch, head, false, Some((prefix, len)))
+            .map(|rows| rows.values)
     }
 
     /// Computes every layer's keys and values of `tokens` (positions `0..`), kept on the device
@@ -438,12 +438,23 @@ impl Model {
             .context("uploading batch inputs")
     }
 
-    fn run_inner(
+    /// [`Model::run`] (or [`Model::run_cached`] with `cache`), with the final-norm hidden state
+    /// of every scored position too when `pooled` (a program variant with a second result; the
+    /// values are the same as without).
+    pub fn run_with(
         &self,
         batch: &PackedBatch,
         head: HeadVariant,
+        pooled: bool,
         cache: Option<(&PrefixKv, usize)>,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<HeadRows> {
+        if let Some((prefix, len)) = cache {
+            ensure!(
+                len > 0 && len <= prefix.tokens,
+                "cached prefix length {len} outside 1..={}",
+                prefix.tokens
+            );
+        }
         self.check_ids(batch)?;
         ensure!(
             batch.score_index.len() == batch.label_ids.len(),
@@ -452,7 +463,10 @@ impl Model {
         let n = batch.tokens.len();
         let s = batch.score_index.len();
         if s == 0 {
-            return Ok(Vec::new());
+            return Ok(HeadRows {
+                values: Vec::new(),
+                hidden: pooled.then(Vec::new),
+            });
         }
         let vocab = self.config.vocab_size;
         if let Some(l) = batch
@@ -472,6 +486,7 @@ impl Model {
         }
         let l = batch.label_ids.iter().map(Vec::len).max().unwrap_or(0);
         let mut spec = self.spec(n, s, l, head)?;
+        spec.pooled = pooled;
         if let Some((prefix, _)) = cache {
             spec.cache = prefix.columns as i64;
         }
@@ -511,6 +526,11 @@ impl Model {
             .first()
             .context("the prefill program returned nothing")?;
         let values = out.to_host::<f32>().context("reading the label scores")?;
+        let hidden = if pooled {
+            Some(head::pooled_rows(outs.get(1), s, sb)?)
+        } else {
+            None
+        };
         ensure!(
             values.len() == sb * lb,
             "expected {}x{} results, got {}",
@@ -524,12 +544,15 @@ impl Model {
             st.tokens_real += n as u64;
             st.scored_positions += s as u64;
         });
-        Ok(batch
-            .label_ids
-            .iter()
-            .enumerate()
-            .map(|(r, row)| values[r * lb..r * lb + row.len()].to_vec())
-            .collect())
+        Ok(HeadRows {
+            values: batch
+                .label_ids
+                .iter()
+                .enumerate()
+                .map(|(r, row)| values[r * lb..r * lb + row.len()].to_vec())
+                .collect(),
+            hidden,
+        })
     }
 }
 

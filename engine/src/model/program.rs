@@ -5,7 +5,7 @@
 //! `C` columns — `cache_k f32[layers, kv_heads, C, hd]`, `cache_v` (same), `cache_len i32[]`,
 //! then `tokens i32[T]`, `positions i32[T]`, `segment i32[T]`, `prefix_segment i32[T]`, and for
 //! [`ProgramKind::Score`] `score_index i32[S]`, `label_ids i32[S, L]`. Results: `f32[S, L]`
-//! ([`ProgramKind::Score`]) or the keys and values of every token, `f32[layers, kv_heads, T, hd]`
+//! ([`ProgramKind::Score`]; with `pooled` also the final-norm hidden states `f32[S, H]`) or the keys and values of every token, `f32[layers, kv_heads, T, hd]`
 //! twice ([`ProgramKind::PrefixKv`]: what a prefix cache keeps).
 //!
 //! Token `i` attends token `j` iff `j <= i`, `seg[j] != -1`, and `seg[j]` is
@@ -51,6 +51,9 @@ pub(crate) struct ProgramSpec {
     pub kind: ProgramKind,
     /// Columns of cached prefix keys/values taken as inputs (a bucket size); 0: none.
     pub cache: i64,
+    /// A [`ProgramKind::Score`] program also returns the final-norm hidden states at the scored
+    /// positions, `f32[S, H]` (SGLang's `return_pooled_hidden_states`).
+    pub pooled: bool,
 }
 
 /// Whether `--dtype bf16` also feeds the attention dots bf16 (q, k, probabilities, v), as a
@@ -504,6 +507,11 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
             b.sub(&label_logits, &lse)?
         }
     };
+    if spec.pooled {
+        // The head's input, already computed: leaves the device only in this variant.
+        let pooled = b.convert(&hs, ElemType::F32);
+        return b.finish(&[result, pooled]);
+    }
     b.finish(&[result])
 }
 

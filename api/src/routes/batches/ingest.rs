@@ -100,6 +100,8 @@ pub fn parse_line(text: &[u8]) -> Result<ParsedLine, RefusedLine> {
 struct Valid {
     line: i64,
     job: ScoreJob,
+    /// The name the line's result answers in `model`.
+    served: String,
 }
 
 /// The state of one upload being read.
@@ -230,9 +232,10 @@ impl<'a> Ingest<'a> {
             Ok(parsed) => parsed,
             Err((custom_id, message)) => return self.reject(custom_id, message),
         };
-        if let Err(e) = check_model(self.state, &req) {
-            return self.reject(Some(custom_id), e.to_string());
-        }
+        let served = match check_model(self.state, &req) {
+            Ok(served) => served,
+            Err(e) => return self.reject(Some(custom_id), e.to_string()),
+        };
         let job = match prepare(self.state, req).await {
             Ok(job) => job,
             Err(e) => return self.reject(Some(custom_id), e.to_string()),
@@ -252,6 +255,7 @@ impl<'a> Ingest<'a> {
         self.valid.push(Valid {
             line: self.line,
             job,
+            served,
         });
     }
 
@@ -291,7 +295,7 @@ impl<'a> Ingest<'a> {
                         custom_id: Some(l.custom_id),
                     });
                 } else {
-                    publish.push(envelope(&l.record, v.job));
+                    publish.push(envelope(&l.record, v.job, &v.served));
                     self.accepted += 1;
                 }
             }
