@@ -11,6 +11,7 @@ use scorer::{fetch, home};
 use scorer_api::{AuthMode, ServiceConfig};
 use scorer_engine::frontend::Frontend;
 use scorer_engine::model::DType;
+use scorer_engine::rerank_template::RerankTemplateChoice;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{
     Items, LabelIds, Limits, Preparer, ScoreBackend, ScoreRequest, TextOrTokens,
@@ -150,6 +151,12 @@ struct EngineArgs {
     #[arg(long, env = "SCORER_PREFIX_MIN_TOKENS",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_MIN_TOKENS)]
     prefix_min_tokens: usize,
+    // --- rerank (docs/RERANK.md) ---
+    /// The rerank routes' template: a JSON template file, or `qwen3-reranker` (the built-in
+    /// Qwen3-Reranker template). Unset: the built-in one for a Qwen3 model whose name contains
+    /// "reranker", else none (the rerank routes answer 400).
+    #[arg(long, env = "SCORER_RERANK_TEMPLATE", value_name = "FILE|qwen3-reranker")]
+    rerank_template: Option<String>,
 }
 
 /// Where the service listens and which external services it uses.
@@ -359,6 +366,9 @@ impl EngineArgs {
         cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
         cfg.prefix_min_tokens = self.prefix_min_tokens;
         cfg.compile_cache = Some(scorer_engine::home::executable_cache());
+        if let Some(template) = &self.rerank_template {
+            cfg.rerank_template = RerankTemplateChoice::parse(template);
+        }
         Ok(cfg)
     }
 }

@@ -11,6 +11,7 @@ use std::thread;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
+use scorer_protocol::rerank::RerankInput;
 use scorer_protocol::{
     EngineUnavailable, JobFailure, ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest,
     ScoreResponse, ValidationError,
@@ -21,6 +22,7 @@ use crate::model::{DType, DirStore, HeadVariant, Model, ModelStats, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, ClientOptions, Plugin};
 use crate::prefix_cache::PrefixCache;
+use crate::rerank_template::{RerankTemplate, RerankTemplateChoice, prepare_rerank};
 use crate::scoring::{Limits, RowValues, finish_row, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
@@ -50,6 +52,8 @@ pub struct EngineConfig {
     /// Shared prefixes shorter than this are not worth a separate pass: such jobs are packed
     /// as usual (0 turns coalescing and the prefix cache off).
     pub prefix_min_tokens: usize,
+    /// The rerank template (`--rerank-template`; default: the built-in one for a Qwen3 reranker).
+    pub rerank_template: RerankTemplateChoice,
 }
 
 /// Default bound of the prefix cache: about 40 cached 512-token prefixes of Qwen2.5-0.5B.
@@ -72,7 +76,29 @@ impl EngineConfig {
             compile_cache: None,
             prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
             prefix_min_tokens: DEFAULT_PREFIX_MIN_TOKENS,
+            rerank_template: RerankTemplateChoice::Auto,
         }
+    }
+
+    /// The model's rerank template under `self.rerank_template` (a bad template file fails the
+    /// load, naming the file and what is wrong with it).
+    pub fn load_rerank_template(
+        &self,
+        arch: weights::Arch,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<RerankTemplate>> {
+        let template = RerankTemplate::for_model(
+            &self.rerank_template,
+            arch,
+            &self.model_path,
+            &self.model_id,
+            tokenizer,
+        )
+        .context("loading the rerank template")?;
+        if template.is_some() {
+            tracing::info!(model = %self.model_id, "rerank template loaded: the rerank routes are served");
+        }
+        Ok(template)
     }
 }
 
@@ -99,6 +125,7 @@ pub struct Engine {
     tokenizer: Arc<Tokenizer>,
     config: ModelConfig,
     limits: Limits,
+    rerank: Option<RerankTemplate>,
     tx: mpsc::Sender<Command>,
 }
 
@@ -114,6 +141,7 @@ impl Engine {
         let host = weights::load(&cfg.model_path)
             .with_context(|| format!("loading weights from {}", cfg.model_path.display()))?;
         let config = host.config.clone();
+        let rerank = cfg.load_rerank_template(config.arch, &tokenizer)?;
         tracing::info!(model = %cfg.model_id, arch = %config.arch, layers = config.num_layers,
             elapsed_ms = started.elapsed().as_millis() as u64, "weights loaded");
 
@@ -146,6 +174,7 @@ impl Engine {
             tokenizer,
             config,
             limits: cfg.limits,
+            rerank,
             tx,
         })
     }
@@ -160,6 +189,10 @@ impl Engine {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn rerank_template(&self) -> Option<&RerankTemplate> {
+        self.rerank.as_ref()
     }
 
     /// Validate, tokenize and score one request end to end.
@@ -203,6 +236,17 @@ impl ScoreBackend for Engine {
 
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
         prepare(req, &self.tokenizer, self.config.vocab_size, &self.limits)
+    }
+
+    fn prepare_rerank(&self, req: &RerankInput) -> Result<ScoreJob, ValidationError> {
+        prepare_rerank(
+            self.rerank.as_ref(),
+            &self.model_id,
+            req,
+            &self.tokenizer,
+            self.config.vocab_size,
+            &self.limits,
+        )
     }
 
     fn score_batch(
