@@ -87,7 +87,10 @@ fn assert_ranked(results: &Value, want: &Value, n: usize) {
             .or(r["score"].as_f64())
             .expect("score");
         let p_yes = scores[i][0].as_f64().expect("P(yes)");
-        assert!((got - p_yes).abs() <= 1e-4, "document {i}: {got} vs {p_yes}");
+        assert!(
+            (got - p_yes).abs() <= 1e-4,
+            "document {i}: {got} vs {p_yes}"
+        );
         assert!(got <= last, "sorted best first: {results:?}");
         last = got;
     }
@@ -121,7 +124,10 @@ async fn sync_reranks_equal_v1_score_in_each_clients_shape() {
     let (status, _, v2) = h.post("/v2/rerank", &cohere).await;
     assert_eq!(status, StatusCode::OK, "{v2}");
     assert_eq!(v2["results"].as_array().map(Vec::len), Some(2), "{v2}");
-    assert_eq!(v2["results"][0]["index"], v1["results"][0]["index"], "{v2} vs {v1}");
+    assert_eq!(
+        v2["results"][0]["index"], v1["results"][0]["index"],
+        "{v2} vs {v1}"
+    );
     assert!(v2["results"][0].get("document").is_none(), "{v2}");
     assert_eq!(v2["meta"]["billed_units"]["search_units"], 1);
     assert_eq!(v2["meta"]["billed_units"]["input_tokens"], prompt_tokens);
@@ -139,13 +145,22 @@ async fn sync_reranks_equal_v1_score_in_each_clients_shape() {
 
     // TEI: a list; return_text; raw_scores is ln(P(yes)/P(no)).
     let (status, _, tei) = h
-        .post("/rerank", &json!({"query": QUERY, "texts": DOCS, "return_text": true}))
+        .post(
+            "/rerank",
+            &json!({"query": QUERY, "texts": DOCS, "return_text": true}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{tei}");
     assert_ranked(&tei, &want, 3);
-    assert_eq!(tei[0]["text"], DOCS[tei[0]["index"].as_u64().expect("i") as usize]);
+    assert_eq!(
+        tei[0]["text"],
+        DOCS[tei[0]["index"].as_u64().expect("i") as usize]
+    );
     let (status, _, raw) = h
-        .post("/rerank", &json!({"query": QUERY, "texts": DOCS, "raw_scores": true}))
+        .post(
+            "/rerank",
+            &json!({"query": QUERY, "texts": DOCS, "raw_scores": true}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{raw}");
     for r in raw.as_array().expect("list") {
@@ -164,18 +179,78 @@ async fn bad_rerank_requests_are_400_with_a_clear_message() {
     let h = harness().await;
     let long = "apples and pears ".repeat(MAX_PROMPT_TOKENS);
     let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
-        ("/v1/rerank", json!({"query": "q", "documents": []}), StatusCode::BAD_REQUEST, "documents must not be empty"),
-        ("/v2/rerank", json!({"query": "q", "documents": ["a"], "top_n": 0}), StatusCode::BAD_REQUEST, "top_n must be a positive integer, got 0"),
-        ("/v1/rerank", json!({"query": "q", "documents": ["a"], "top_n": -2}), StatusCode::BAD_REQUEST, "got -2"),
-        ("/rerank", json!({"query": "q", "texts": []}), StatusCode::BAD_REQUEST, "texts must not be empty"),
-        ("/v1/rerank", json!({"documents": ["a"]}), StatusCode::BAD_REQUEST, "query"),
-        ("/v1/rerank", json!({"query": "q", "documents": [3]}), StatusCode::BAD_REQUEST, "invalid request"),
-        ("/v1/rerank", json!({"query": "q", "documents": ["a"], "instruction": "x"}), StatusCode::BAD_REQUEST, "takes no \"instruction\""),
-        ("/v1/rerank", json!({"query": "q", "documents": ["ok", long]}), StatusCode::BAD_REQUEST, "document 1: its prompt has"),
-        ("/rerank", json!({"query": "q", "texts": [long]}), StatusCode::BAD_REQUEST, "\"truncate\": true"),
-        ("/v1/rerank", json!({"model": "other", "query": "q", "documents": ["a"]}), StatusCode::NOT_FOUND, "does not exist"),
-        ("/v1/rerank/jobs", json!({"query": "q", "documents": ["a"], "priority": "sync"}), StatusCode::BAD_REQUEST, "priority"),
-        ("/rerank/jobs", json!({"query": "q", "texts": ["a"], "top_n": 0, "ttl_seconds": 0}), StatusCode::BAD_REQUEST, "ttl_seconds"),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": []}),
+            StatusCode::BAD_REQUEST,
+            "documents must not be empty",
+        ),
+        (
+            "/v2/rerank",
+            json!({"query": "q", "documents": ["a"], "top_n": 0}),
+            StatusCode::BAD_REQUEST,
+            "top_n must be a positive integer, got 0",
+        ),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": ["a"], "top_n": -2}),
+            StatusCode::BAD_REQUEST,
+            "got -2",
+        ),
+        (
+            "/rerank",
+            json!({"query": "q", "texts": []}),
+            StatusCode::BAD_REQUEST,
+            "texts must not be empty",
+        ),
+        (
+            "/v1/rerank",
+            json!({"documents": ["a"]}),
+            StatusCode::BAD_REQUEST,
+            "query",
+        ),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": [3]}),
+            StatusCode::BAD_REQUEST,
+            "invalid request",
+        ),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": ["a"], "instruction": "x"}),
+            StatusCode::BAD_REQUEST,
+            "takes no \"instruction\"",
+        ),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": ["ok", long]}),
+            StatusCode::BAD_REQUEST,
+            "document 1: its prompt has",
+        ),
+        (
+            "/rerank",
+            json!({"query": "q", "texts": [long]}),
+            StatusCode::BAD_REQUEST,
+            "\"truncate\": true",
+        ),
+        (
+            "/v1/rerank",
+            json!({"model": "other", "query": "q", "documents": ["a"]}),
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+        (
+            "/v1/rerank/jobs",
+            json!({"query": "q", "documents": ["a"], "priority": "sync"}),
+            StatusCode::BAD_REQUEST,
+            "priority",
+        ),
+        (
+            "/rerank/jobs",
+            json!({"query": "q", "texts": ["a"], "top_n": 0, "ttl_seconds": 0}),
+            StatusCode::BAD_REQUEST,
+            "ttl_seconds",
+        ),
     ];
     for (path, body, want, message) in cases {
         let (status, _, answer) = h.post(path, &body).await;
@@ -194,7 +269,10 @@ async fn bad_rerank_requests_are_400_with_a_clear_message() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // With truncate the long text is cut to the limit and scored.
     let (status, _, tei) = h
-        .post("/rerank", &json!({"query": "q", "texts": [long, "pears"], "truncate": true}))
+        .post(
+            "/rerank",
+            &json!({"query": "q", "texts": [long, "pears"], "truncate": true}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{tei}");
     assert_eq!(tei.as_array().map(Vec::len), Some(2), "{tei}");
@@ -216,7 +294,10 @@ async fn rerank_jobs_and_batch_lines_render_the_rerank_shape() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     let id = job["id"].as_str().expect("id").to_string();
-    assert_eq!(headers["location"], format!("/v1/rerank/jobs/{id}").as_str());
+    assert_eq!(
+        headers["location"],
+        format!("/v1/rerank/jobs/{id}").as_str()
+    );
     assert_eq!(h.wait_terminal(&id).await["status"], "succeeded");
     let (status, _, done) = h.get(&format!("/v1/rerank/jobs/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{done}");
@@ -240,23 +321,43 @@ async fn rerank_jobs_and_batch_lines_render_the_rerank_shape() {
     assert_ranked(&tei_done["result"], &want, 3);
 
     // A /v1/score job is not a rerank job.
-    let (status, _, score_job) = h.post("/v1/score/jobs", &score_body(&h.engine, &DOCS)).await;
+    let (status, _, score_job) = h
+        .post("/v1/score/jobs", &score_body(&h.engine, &DOCS))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{score_job}");
     let score_id = score_job["id"].as_str().expect("id");
     let (status, _, answer) = h.get(&format!("/v1/rerank/jobs/{score_id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
 
     // Batch lines: /v1/score, the three rerank endpoints, and two bad lines.
-    let line = |id: &str, url: &str, body: Value| {
-        json!({"custom_id": id, "method": "POST", "url": url, "body": body})
-    };
+    let line = |id: &str, url: &str, body: Value| json!({"custom_id": id, "method": "POST", "url": url, "body": body});
     let file = scorer_testkit::batches::jsonl(&[
         line("score", "/v1/score", score_body(&h.engine, &DOCS)),
-        line("jina", "/v1/rerank", json!({"query": QUERY, "documents": DOCS})),
-        line("cohere", "/v2/rerank", json!({"model": MODEL, "query": QUERY, "documents": DOCS, "top_n": 2})),
-        line("tei", "/rerank", json!({"query": QUERY, "texts": DOCS, "return_text": true})),
-        line("empty", "/v1/rerank", json!({"query": QUERY, "documents": []})),
-        line("elsewhere", "/v3/rerank", json!({"query": QUERY, "documents": DOCS})),
+        line(
+            "jina",
+            "/v1/rerank",
+            json!({"query": QUERY, "documents": DOCS}),
+        ),
+        line(
+            "cohere",
+            "/v2/rerank",
+            json!({"model": MODEL, "query": QUERY, "documents": DOCS, "top_n": 2}),
+        ),
+        line(
+            "tei",
+            "/rerank",
+            json!({"query": QUERY, "texts": DOCS, "return_text": true}),
+        ),
+        line(
+            "empty",
+            "/v1/rerank",
+            json!({"query": QUERY, "documents": []}),
+        ),
+        line(
+            "elsewhere",
+            "/v3/rerank",
+            json!({"query": QUERY, "documents": DOCS}),
+        ),
     ]);
     let caller = scorer_testkit::batches::Caller::new(&h);
     let (status, batch) = caller.upload(file).await;
@@ -266,22 +367,38 @@ async fn rerank_jobs_and_batch_lines_render_the_rerank_shape() {
     assert_eq!(finished["request_counts"]["completed"], 4, "{finished}");
     assert_eq!(finished["request_counts"]["failed"], 2, "{finished}");
     let out = scorer_testkit::batches::by_custom_id(
-        caller.lines(&format!("/v1/batches/{batch_id}/output")).await,
+        caller
+            .lines(&format!("/v1/batches/{batch_id}/output"))
+            .await,
     );
     let body = |id: &str| out[id]["response"]["body"].clone();
     assert_same_scores(&body("score"), &want);
     assert_ranked(&body("jina")["results"], &want, 3);
     assert!(body("jina")["results"][0]["document"]["text"].is_string());
     let cohere = body("cohere");
-    assert_eq!(cohere["results"].as_array().map(Vec::len), Some(2), "{cohere}");
+    assert_eq!(
+        cohere["results"].as_array().map(Vec::len),
+        Some(2),
+        "{cohere}"
+    );
     assert_eq!(cohere["meta"]["billed_units"]["search_units"], 1);
     assert_eq!(cohere["model"], MODEL);
     assert_ranked(&body("tei"), &want, 3);
     let errors = scorer_testkit::batches::by_custom_id(
-        caller.lines(&format!("/v1/batches/{batch_id}/errors")).await,
+        caller
+            .lines(&format!("/v1/batches/{batch_id}/errors"))
+            .await,
     );
-    let message = |id: &str| errors[id]["error"]["message"].as_str().unwrap_or_default().to_string();
-    assert!(message("empty").contains("documents must not be empty"), "{errors:?}");
+    let message = |id: &str| {
+        errors[id]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        message("empty").contains("documents must not be empty"),
+        "{errors:?}"
+    );
     assert!(message("elsewhere").contains("url must be"), "{errors:?}");
     h.finish().await;
 }

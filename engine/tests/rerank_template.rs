@@ -192,7 +192,12 @@ fn template_files_are_checked_at_load() {
 
 const QWEN_VOCAB: usize = 151_936;
 
-fn input(query: &str, documents: &[&str], instruction: Option<&str>, truncate: bool) -> RerankInput {
+fn input(
+    query: &str,
+    documents: &[&str],
+    instruction: Option<&str>,
+    truncate: bool,
+) -> RerankInput {
     RerankInput {
         query: query.into(),
         documents: documents.iter().map(|d| d.to_string()).collect(),
@@ -241,8 +246,15 @@ fn a_rerank_request_is_the_v1_score_job_of_the_card_prompts() {
         };
         assert_eq!(job, prepare(&by_hand, &tok, QWEN_VOCAB, &limits).unwrap());
     }
-    let e = prepare_rerank(None, "m", &input("q", &["d"], None, false), &tok, QWEN_VOCAB, &limits)
-        .unwrap_err();
+    let e = prepare_rerank(
+        None,
+        "m",
+        &input("q", &["d"], None, false),
+        &tok,
+        QWEN_VOCAB,
+        &limits,
+    )
+    .unwrap_err();
     assert!(e.message.contains("--rerank-template"), "{e}");
     let e = prepare_rerank(
         Some(&RerankTemplate::new(spec("{query}\n{document}", "yes"), &tok).unwrap()),
@@ -269,8 +281,15 @@ fn long_documents_are_refused_or_cut_at_a_token_boundary() {
     };
     let long = "Beijing is the capital of the People's Republic of China. ".repeat(8);
     let docs = ["Beijing.", long.as_str()];
-    let e = prepare_rerank(Some(&t), "m", &input(q, &docs, None, false), &tok, QWEN_VOCAB, &limits)
-        .unwrap_err();
+    let e = prepare_rerank(
+        Some(&t),
+        "m",
+        &input(q, &docs, None, false),
+        &tok,
+        QWEN_VOCAB,
+        &limits,
+    )
+    .unwrap_err();
     assert!(
         e.message.starts_with("document 1: its prompt has")
             && e.message.contains(&format!("limit is {}", fixed + 10))
@@ -278,15 +297,33 @@ fn long_documents_are_refused_or_cut_at_a_token_boundary() {
         "{e}"
     );
 
-    let job = prepare_rerank(Some(&t), "m", &input(q, &docs, None, true), &tok, QWEN_VOCAB, &limits)
-        .unwrap();
-    assert_eq!(job.prompts[0], tok.encode(&t.prompt(q, "Beijing.", None).unwrap()).unwrap());
+    let job = prepare_rerank(
+        Some(&t),
+        "m",
+        &input(q, &docs, None, true),
+        &tok,
+        QWEN_VOCAB,
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(
+        job.prompts[0],
+        tok.encode(&t.prompt(q, "Beijing.", None).unwrap()).unwrap()
+    );
     let cut = &job.prompts[1];
-    assert!(cut.len() <= fixed + 10 && cut.len() >= fixed + 5, "{} tokens", cut.len());
+    assert!(
+        cut.len() <= fixed + 10 && cut.len() >= fixed + 5,
+        "{} tokens",
+        cut.len()
+    );
     // The cut document is the long one's first k tokens (tokenized alone), for some k.
     let ends = tok.token_ends(&long).unwrap();
     let k = (1..=ends.len())
-        .find(|&k| tok.encode(&t.prompt(q, &long[..ends[k - 1]], None).unwrap()).unwrap() == *cut)
+        .find(|&k| {
+            tok.encode(&t.prompt(q, &long[..ends[k - 1]], None).unwrap())
+                .unwrap()
+                == *cut
+        })
         .expect("the prompt of a token prefix of the document");
     assert!((5..=10).contains(&k), "{k} tokens kept");
 
@@ -295,25 +332,55 @@ fn long_documents_are_refused_or_cut_at_a_token_boundary() {
         max_prompt_tokens: fixed,
         ..Limits::default()
     };
-    let e = prepare_rerank(Some(&t), "m", &input(q, &docs, None, true), &tok, QWEN_VOCAB, &tight)
-        .unwrap_err();
+    let e = prepare_rerank(
+        Some(&t),
+        "m",
+        &input(q, &docs, None, true),
+        &tok,
+        QWEN_VOCAB,
+        &tight,
+    )
+    .unwrap_err();
     assert!(e.message.contains("truncating cannot help"), "{e}");
     // Other limits are /v1/score's own: more documents than --max-items.
     let few = Limits {
         max_items: 1,
         ..Limits::default()
     };
-    let e = prepare_rerank(Some(&t), "m", &input(q, &docs, None, true), &tok, QWEN_VOCAB, &few)
-        .unwrap_err();
+    let e = prepare_rerank(
+        Some(&t),
+        "m",
+        &input(q, &docs, None, true),
+        &tok,
+        QWEN_VOCAB,
+        &few,
+    )
+    .unwrap_err();
     assert!(e.message.contains("the limit is 1 items"), "{e}");
 }
 
 #[test]
 fn the_built_in_template_is_for_qwen3_rerankers_only() {
-    assert!(is_qwen3_reranker(Arch::Qwen3, Path::new("/m/Qwen3-Reranker-0.6B"), "x"));
-    assert!(is_qwen3_reranker(Arch::Qwen3, Path::new("/m/q.gguf"), "qwen3-RERANKER-4b"));
-    assert!(!is_qwen3_reranker(Arch::Qwen3, Path::new("/m/Qwen3-0.6B"), "qwen3"));
-    assert!(!is_qwen3_reranker(Arch::Qwen2, Path::new("/m/reranker"), "reranker"));
+    assert!(is_qwen3_reranker(
+        Arch::Qwen3,
+        Path::new("/m/Qwen3-Reranker-0.6B"),
+        "x"
+    ));
+    assert!(is_qwen3_reranker(
+        Arch::Qwen3,
+        Path::new("/m/q.gguf"),
+        "qwen3-RERANKER-4b"
+    ));
+    assert!(!is_qwen3_reranker(
+        Arch::Qwen3,
+        Path::new("/m/Qwen3-0.6B"),
+        "qwen3"
+    ));
+    assert!(!is_qwen3_reranker(
+        Arch::Qwen2,
+        Path::new("/m/reranker"),
+        "reranker"
+    ));
     assert_eq!(
         RerankTemplateChoice::parse("qwen3-reranker"),
         RerankTemplateChoice::Qwen3Reranker
@@ -329,10 +396,15 @@ fn the_built_in_template_is_for_qwen3_rerankers_only() {
     };
     let auto = RerankTemplateChoice::Auto;
     assert!(choose(&auto, Arch::Qwen2, "qwen2.5").unwrap().is_none());
-    let t = choose(&auto, Arch::Qwen3, "Qwen3-Reranker-0.6B").unwrap().unwrap();
+    let t = choose(&auto, Arch::Qwen3, "Qwen3-Reranker-0.6B")
+        .unwrap()
+        .unwrap();
     assert_eq!(t.spec(), &RerankTemplate::qwen3_reranker_spec());
     let forced = choose(&RerankTemplateChoice::Qwen3Reranker, Arch::Qwen2, "qwen2.5").unwrap();
-    assert_eq!(forced.unwrap().spec(), &RerankTemplate::qwen3_reranker_spec());
+    assert_eq!(
+        forced.unwrap().spec(),
+        &RerankTemplate::qwen3_reranker_spec()
+    );
     let missing = RerankTemplateChoice::File("/nonexistent/rerank.json".into());
     assert!(matches!(
         choose(&missing, Arch::Qwen2, "qwen2.5").unwrap_err(),
@@ -351,7 +423,10 @@ fn the_frontend_serves_reranks_by_its_template() {
     assert!(plain.rerank_template().is_none());
     let req = input("q", &["d"], None, false);
     let e = Preparer::prepare_rerank(&plain, &req).unwrap_err();
-    assert!(e.message.contains(alias) && e.message.contains("--rerank-template"), "{e}");
+    assert!(
+        e.message.contains(alias) && e.message.contains("--rerank-template"),
+        "{e}"
+    );
 
     let mut cfg = EngineConfig::new(model.clone(), alias.into());
     cfg.rerank_template = RerankTemplateChoice::Qwen3Reranker;
@@ -359,13 +434,25 @@ fn the_frontend_serves_reranks_by_its_template() {
     let job = Preparer::prepare_rerank(&served, &req).unwrap();
     let tok = qwen_tokenizer();
     let t = RerankTemplate::qwen3_reranker(&tok).unwrap();
-    assert_eq!(job.prompts, vec![tok.encode(&t.prompt("q", "d", None).unwrap()).unwrap()]);
+    assert_eq!(
+        job.prompts,
+        vec![tok.encode(&t.prompt("q", "d", None).unwrap()).unwrap()]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");
-    std::fs::write(&path, r#"{"template": "{query} {doc}", "yes": "yes", "no": "no"}"#).unwrap();
+    std::fs::write(
+        &path,
+        r#"{"template": "{query} {doc}", "yes": "yes", "no": "no"}"#,
+    )
+    .unwrap();
     cfg.rerank_template = RerankTemplateChoice::File(path);
-    let e = Frontend::load(&cfg).err().expect("a bad template fails the load");
+    let e = Frontend::load(&cfg)
+        .err()
+        .expect("a bad template fails the load");
     let msg = format!("{e:#}");
-    assert!(msg.contains("rerank template") && msg.contains("{doc}"), "{msg}");
+    assert!(
+        msg.contains("rerank template") && msg.contains("{doc}"),
+        "{msg}"
+    );
 }

@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use scorer_jobs::{CancelOutcome, Inserted};
-use scorer_protocol::{ScoreJob, ScoreRequest};
 use scorer_protocol::job::{JobKind, JobObject, JobPriority, JobRecord, now_millis};
+use scorer_protocol::{ScoreJob, ScoreRequest};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -138,7 +138,16 @@ pub async fn submit(
     let settings = req.options.check(&state, &headers)?;
     check_model(&state, &req.score)?;
     let job = prepare(&state, req.score).await?;
-    enqueue(&state, tenant, settings, raw.clone(), &raw, job, "/v1/score/jobs").await
+    enqueue(
+        &state,
+        tenant,
+        settings,
+        raw.clone(),
+        &raw,
+        job,
+        "/v1/score/jobs",
+    )
+    .await
 }
 
 /// Records and queues an async job whose audit `request` is `request`; `hashed` (the body as

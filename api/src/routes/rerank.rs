@@ -243,7 +243,16 @@ async fn submit(
     let settings = options.check(&state, &headers)?;
     let job = prepare_rerank(&state, call.input()?).await?;
     let request = call.stored(raw);
-    jobs::enqueue(&state, tenant, settings, request.clone(), &request, job, JOBS_PATH).await
+    jobs::enqueue(
+        &state,
+        tenant,
+        settings,
+        request.clone(),
+        &request,
+        job,
+        JOBS_PATH,
+    )
+    .await
 }
 
 /// Fetch a rerank job, its result in the shape of the endpoint it was submitted to.

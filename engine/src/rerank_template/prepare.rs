@@ -10,7 +10,9 @@
 //! answered by `/v1/score`'s own checks.
 
 use scorer_protocol::rerank::{RerankInput, no_rerank_template};
-use scorer_protocol::{Items, LabelIds, Limits, ScoreJob, ScoreRequest, TextOrTokens, ValidationError};
+use scorer_protocol::{
+    Items, LabelIds, Limits, ScoreJob, ScoreRequest, TextOrTokens, ValidationError,
+};
 
 use super::{RerankPrompts, RerankTemplate};
 use crate::scoring::prepare;
@@ -112,7 +114,11 @@ fn score_request(prompts: &RerankPrompts) -> ScoreRequest {
         query: Some(TextOrTokens::Text(prompts.query.clone())),
         items: Some(Items::Texts(prompts.items.clone())),
         label_token_ids: Some(LabelIds::Shared(
-            prompts.label_token_ids.iter().map(|&id| i64::from(id)).collect(),
+            prompts
+                .label_token_ids
+                .iter()
+                .map(|&id| i64::from(id))
+                .collect(),
         )),
         apply_softmax: true,
         item_first: false,

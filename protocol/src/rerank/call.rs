@@ -33,7 +33,8 @@ pub enum RerankEndpoint {
 }
 
 impl RerankEndpoint {
-    pub const ALL: [RerankEndpoint; 3] = [RerankEndpoint::V1, RerankEndpoint::V2, RerankEndpoint::Tei];
+    pub const ALL: [RerankEndpoint; 3] =
+        [RerankEndpoint::V1, RerankEndpoint::V2, RerankEndpoint::Tei];
 
     pub fn path(self) -> &'static str {
         match self {
