@@ -12,6 +12,7 @@ use scorer_api::{AuthMode, ServiceConfig};
 use scorer_engine::frontend::Frontend;
 use scorer_engine::model::DType;
 use scorer_engine::pjrt::DeviceSelection;
+use scorer_engine::rerank_template::RerankTemplateChoice;
 use scorer_engine::runtime::{Engine, EngineConfig};
 use scorer_protocol::{
     Items, LabelIds, Limits, Preparer, ScoreBackend, ScoreRequest, TextOrTokens,
@@ -162,6 +163,16 @@ struct EngineArgs {
     /// the weights at the dtype's size, e.g. 2.4 GiB f32 / 1.2 GiB bf16 for the default model).
     #[arg(long, env = "SCORER_NO_WEIGHT_CACHE")]
     no_weight_cache: bool,
+    // --- rerank (docs/RERANK.md) ---
+    /// The rerank routes' template: a JSON template file, or `qwen3-reranker` (the built-in
+    /// Qwen3-Reranker template). Unset: the built-in one for a Qwen3 model whose name contains
+    /// "reranker", else none (the rerank routes answer 400).
+    #[arg(
+        long,
+        env = "SCORER_RERANK_TEMPLATE",
+        value_name = "FILE|qwen3-reranker"
+    )]
+    rerank_template: Option<String>,
 }
 
 /// Several devices from one `scorer worker` (docs/ACCELERATORS.md, "Several devices").
@@ -474,6 +485,9 @@ impl EngineArgs {
         cfg.prefix_min_tokens = self.prefix_min_tokens;
         cfg.compile_cache = Some(scorer_engine::home::executable_cache());
         cfg.weight_cache = (!self.no_weight_cache).then(scorer_engine::home::weight_cache);
+        if let Some(template) = &self.rerank_template {
+            cfg.rerank_template = RerankTemplateChoice::parse(template);
+        }
         Ok(cfg)
     }
 }

@@ -26,8 +26,12 @@ pub fn score_request(bytes: &[u8]) -> bool {
 /// One line of a JSONL batch upload, up to the structural checks. Returns whether it parsed.
 pub fn batch_line(bytes: &[u8]) -> bool {
     match crate::routes::batches::parse_line(bytes) {
-        Ok((_, _, req)) => {
+        Ok((_, _, crate::routes::batches::LineRequest::Score(req))) => {
             let _ = req.validate();
+            true
+        }
+        Ok((_, _, crate::routes::batches::LineRequest::Rerank(call))) => {
+            let _ = call.input();
             true
         }
         Err(_) => false,

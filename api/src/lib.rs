@@ -35,7 +35,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "scorer",
-        description = "Score (query, item) pairs with a causal LM: SGLang's /v1/score, plus async jobs and batches."
+        description = "Score (query, item) pairs with a causal LM: SGLang's /v1/score, the Jina/Cohere/TEI rerank APIs, plus async jobs and batches."
     ),
     paths(
         routes::score::score,
@@ -52,6 +52,13 @@ use utoipa::OpenApi;
         routes::batches::lifecycle::cancel,
         routes::batches::download::output,
         routes::batches::download::errors,
+        routes::rerank::v1,
+        routes::rerank::v2,
+        routes::rerank::tei,
+        routes::rerank::submit_v1,
+        routes::rerank::submit_v2,
+        routes::rerank::submit_tei,
+        routes::rerank::get_job,
     ),
     components(schemas(
         scorer_protocol::ScoreRequest,
@@ -59,6 +66,19 @@ use utoipa::OpenApi;
         scorer_protocol::chat::ChatMessage,
         scorer_protocol::job::JobObject,
         routes::jobs::JobRequest,
+        routes::jobs::JobOptions,
+        scorer_protocol::rerank::RerankRequest,
+        scorer_protocol::rerank::RerankDocument,
+        scorer_protocol::rerank::DocumentText,
+        scorer_protocol::rerank::RerankResponse,
+        scorer_protocol::rerank::RerankResult,
+        scorer_protocol::rerank::RerankUsage,
+        scorer_protocol::rerank::RerankMeta,
+        scorer_protocol::rerank::BilledUnits,
+        scorer_protocol::rerank::TeiRerankRequest,
+        scorer_protocol::rerank::TeiRank,
+        scorer_protocol::rerank::RerankOutput,
+        scorer_protocol::rerank::RerankJobObject,
         routes::batches::BatchObject,
         routes::batches::BatchList,
         ErrorBody,
@@ -124,6 +144,13 @@ pub async fn build_app(state: AppState) -> Router {
             "/v1/batches/{id}/errors",
             get(routes::batches::download::errors),
         )
+        .route("/v1/rerank", post(routes::rerank::v1))
+        .route("/v2/rerank", post(routes::rerank::v2))
+        .route("/rerank", post(routes::rerank::tei))
+        .route("/v1/rerank/jobs", post(routes::rerank::submit_v1))
+        .route("/v2/rerank/jobs", post(routes::rerank::submit_v2))
+        .route("/rerank/jobs", post(routes::rerank::submit_tei))
+        .route("/v1/rerank/jobs/{id}", get(routes::rerank::get_job))
         .route("/v1/models", get(routes::meta::models))
         .route("/health", get(routes::meta::health))
         .route("/ready", get(routes::meta::ready))

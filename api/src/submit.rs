@@ -1,5 +1,5 @@
-//! The path shared by sync and async submissions: parse, check the model and the limits, prepare
-//! (validate and tokenize), then accept: reserve a place under the queue bound, record the job,
+//! The path shared by sync and async submissions (of `/v1/score` and of the rerank routes alike):
+//! parse, check the model and the limits, prepare (validate and tokenize), then accept: reserve a place under the queue bound, record the job,
 //! publish it, stamp it published.
 //!
 //! Acceptance is a small state machine whose every state is safe to stop in:
@@ -14,16 +14,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use scorer_jobs::{Inserted, StoreError};
 use scorer_protocol::job::{JobEnvelope, JobRecord, JobStatus, locality_key, now_millis};
-use scorer_protocol::{ScoreJob, ScoreRequest, refuse_nul_in_json};
+use scorer_protocol::rerank::RerankInput;
+use scorer_protocol::{ScoreJob, ScoreRequest, ScoreResponse, refuse_nul_in_json};
 use serde::de::DeserializeOwned;
 
-use crate::{ApiError, AppState, deadline};
+use crate::{ApiError, AppState, Draining, deadline};
 
 /// The body, or 413 when it is over the limit (the limit layer reports it as a read error).
 pub fn body_bytes(
@@ -63,6 +65,11 @@ pub fn check_model(state: &AppState, req: &ScoreRequest) -> Result<String, ApiEr
     served_name(state, req.model.as_deref())
 }
 
+/// [`served_name`] for rerank bodies, whose `model` is not `/v1/score`'s.
+pub fn check_model_name(state: &AppState, model: Option<&str>) -> Result<String, ApiError> {
+    served_name(state, model)
+}
+
 /// Validates and tokenizes on a blocking thread. The limits on items and tokens are checked by
 /// that validation (`scorer_protocol::Limits`: 400 naming the limit), not here.
 pub async fn prepare(state: &AppState, req: ScoreRequest) -> Result<ScoreJob, ApiError> {
@@ -71,6 +78,88 @@ pub async fn prepare(state: &AppState, req: ScoreRequest) -> Result<ScoreJob, Ap
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizer crashed: {e}")))??;
     Ok(job)
+}
+
+/// [`prepare`] for a rerank request: the model's rerank template writes the `/v1/score` job.
+pub async fn prepare_rerank(state: &AppState, input: RerankInput) -> Result<ScoreJob, ApiError> {
+    let backend = state.backend.clone();
+    let job = tokio::task::spawn_blocking(move || backend.prepare_rerank(&input))
+        .await
+        .map_err(|e| ApiError::Internal(format!("tokenizer crashed: {e}")))??;
+    Ok(job)
+}
+
+/// The synchronous call (`/v1/score`, the rerank routes): accepts `record` at the sync priority
+/// and waits up to `timeout` for its result. Past it the answer is 504 naming the job, which
+/// goes on. Records `scorer_score_seconds` from `started`.
+pub async fn run_sync(
+    state: &AppState,
+    record: &JobRecord,
+    job: ScoreJob,
+    served: &str,
+    draining: Option<&Draining>,
+    timeout: Duration,
+    started: Instant,
+) -> Result<ScoreResponse, ApiError> {
+    accept(state, record, job, served).await?;
+    // The wait itself is bounded by `timeout`; the extra deadline covers a Redis that stops
+    // answering mid-wait.
+    let wait = deadline(
+        timeout + state.config.store_timeout,
+        "results",
+        state.stores.results.wait_terminal(record.id, timeout),
+    );
+    // A server shutting down answers before its drain ends (docs/OPERATIONS.md, "Graceful
+    // shutdown"); the job goes on and can be fetched.
+    let shutting_down = async {
+        match draining {
+            Some(draining) => draining.must_answer().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        outcome = wait => outcome,
+        () = shutting_down => {
+            return Err(ApiError::Timeout {
+                message: format!(
+                    "the server is shutting down and job {} has no result yet; it goes on: \
+                     GET /v1/score/jobs/{}",
+                    record.id, record.id
+                ),
+                job_id: record.id,
+            });
+        }
+    };
+    let answer = match outcome {
+        Ok(Some(done)) => finished(done),
+        Ok(None) => Err(ApiError::Timeout {
+            message: format!(
+                "no result within {:.3} s; job {} is still running: GET /v1/score/jobs/{}",
+                timeout.as_secs_f64(),
+                record.id,
+                record.id
+            ),
+            job_id: record.id,
+        }),
+        Err(e) => Err(e),
+    };
+    let outcome = if answer.is_ok() { "ok" } else { "error" };
+    metrics::histogram!("scorer_score_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    answer
+}
+
+fn finished(done: JobRecord) -> Result<ScoreResponse, ApiError> {
+    match (done.status, done.result) {
+        (JobStatus::Succeeded, Some(result)) => Ok(result),
+        (status, _) => Err(ApiError::Internal(format!(
+            "job {} {}: {}",
+            done.id,
+            status.as_str(),
+            done.error.unwrap_or_else(|| "no result".into())
+        ))),
+    }
 }
 
 /// Places under the global queue bound taken by this process's submissions that are between

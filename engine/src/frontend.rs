@@ -2,15 +2,19 @@
 //! (vocabulary size, limits, special tokens), read from the GGUF header or `config.json`. No
 //! tensor is read, no weight dequantized, no PJRT plugin or client opened: an API replica costs
 //! a tokenizer's memory, not a model's (issue 14). Validation is the same function the engine
-//! uses ([`crate::scoring::prepare`]), so both sides refuse the same requests.
+//! uses ([`crate::scoring::prepare`]), so both sides refuse the same requests; so is the rerank
+//! preparation ([`crate::rerank_template::prepare_rerank`]) over the model's rerank template,
+//! loaded here by the same rule as the engine's.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use scorer_protocol::rerank::RerankInput;
 use scorer_protocol::{Preparer, ScoreJob, ScoreRequest, ValidationError};
 
 use crate::chat_template::ChatTemplate;
+use crate::rerank_template::{RerankTemplate, prepare_rerank};
 use crate::runtime::EngineConfig;
 use crate::scoring::{ChatSupport, Limits, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
@@ -22,6 +26,7 @@ pub struct Frontend {
     config: ModelConfig,
     limits: Limits,
     chat: ChatSupport,
+    rerank: Option<RerankTemplate>,
 }
 
 impl Frontend {
@@ -36,6 +41,7 @@ impl Frontend {
         let config = weights::load_config(&cfg.model_path).with_context(|| {
             format!("reading the model metadata of {}", cfg.model_path.display())
         })?;
+        let rerank = cfg.load_rerank_template(config.arch, &tokenizer)?;
         tracing::info!(model = %cfg.model_id, arch = %config.arch, vocab = config.vocab_size,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "tokenizer and model metadata loaded (no weights)");
@@ -45,6 +51,7 @@ impl Frontend {
             tokenizer,
             config,
             limits: cfg.limits,
+            rerank,
         })
     }
 
@@ -64,6 +71,10 @@ impl Frontend {
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat.as_ref().ok()
     }
+
+    pub fn rerank_template(&self) -> Option<&RerankTemplate> {
+        self.rerank.as_ref()
+    }
 }
 
 impl Preparer for Frontend {
@@ -74,5 +85,16 @@ impl Preparer for Frontend {
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
         let vocab = self.config.vocab_size;
         prepare(req, &self.tokenizer, &self.chat, vocab, &self.limits)
+    }
+
+    fn prepare_rerank(&self, req: &RerankInput) -> Result<ScoreJob, ValidationError> {
+        prepare_rerank(
+            self.rerank.as_ref(),
+            &self.model_id,
+            req,
+            &self.tokenizer,
+            self.config.vocab_size,
+            &self.limits,
+        )
     }
 }

@@ -15,11 +15,56 @@
 //! Built in: [`RerankTemplate::qwen3_reranker`], the Qwen3-Reranker model card's prompt verbatim.
 //! Others come from a `--rerank-template` JSON file ([`RerankTemplateSpec`], docs/RERANK.md).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::Tokenizer;
+use crate::weights::Arch;
+
+mod prepare;
+
+pub use prepare::prepare_rerank;
+
+/// Which rerank template a server uses (`--rerank-template`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RerankTemplateChoice {
+    /// No flag: the built-in Qwen3-Reranker template for a Qwen3 reranker
+    /// ([`is_qwen3_reranker`]), else none (the rerank routes answer 400).
+    #[default]
+    Auto,
+    /// `--rerank-template qwen3-reranker`: the built-in template, whatever the model.
+    Qwen3Reranker,
+    /// `--rerank-template FILE`: a JSON [`RerankTemplateSpec`].
+    File(PathBuf),
+}
+
+impl RerankTemplateChoice {
+    /// The flag value that names the built-in template (anything else is a file path).
+    pub const QWEN3_RERANKER: &'static str = "qwen3-reranker";
+
+    pub fn parse(value: &str) -> Self {
+        if value == Self::QWEN3_RERANKER {
+            RerankTemplateChoice::Qwen3Reranker
+        } else {
+            RerankTemplateChoice::File(PathBuf::from(value))
+        }
+    }
+}
+
+/// The rule for the built-in template: the architecture is Qwen3 and the model's name (the
+/// served model id, or the last component of its path) contains `reranker`, in any case.
+/// Qwen3-Reranker's `config.json` names the same `Qwen3ForCausalLM` as the base Qwen3 models, and
+/// its GGUF conversions the same `qwen3` architecture, so the name is all that tells them apart.
+pub fn is_qwen3_reranker(arch: Arch, model_path: &Path, model_id: &str) -> bool {
+    let named = |s: &str| s.to_ascii_lowercase().contains("reranker");
+    arch == Arch::Qwen3
+        && (named(model_id)
+            || model_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(named))
+}
 
 /// The Qwen3-Reranker model card's `prefix` (Qwen/Qwen3-Reranker-0.6B, "Transformers Usage").
 pub const QWEN3_RERANKER_PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n";
@@ -134,6 +179,24 @@ impl RerankTemplate {
             yes: "yes".to_string(),
             no: "no".to_string(),
             default_instruction: Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION.to_string()),
+        }
+    }
+
+    /// The template a model is served with under `choice` (`None`: the model has none).
+    pub fn for_model(
+        choice: &RerankTemplateChoice,
+        arch: Arch,
+        model_path: &Path,
+        model_id: &str,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<Self>, RerankTemplateError> {
+        match choice {
+            RerankTemplateChoice::File(path) => Self::from_file(path, tokenizer).map(Some),
+            RerankTemplateChoice::Qwen3Reranker => Self::qwen3_reranker(tokenizer).map(Some),
+            RerankTemplateChoice::Auto if is_qwen3_reranker(arch, model_path, model_id) => {
+                Self::qwen3_reranker(tokenizer).map(Some)
+            }
+            RerankTemplateChoice::Auto => Ok(None),
         }
     }
 

@@ -16,6 +16,7 @@ use std::thread;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
+use scorer_protocol::rerank::RerankInput;
 use scorer_protocol::{
     EngineUnavailable, JobFailure, ScoreBackend, ScoreJob, ScoreOutput, ScoreRequest,
     ScoreResponse, ValidationError,
@@ -27,6 +28,7 @@ use crate::model::{DType, DirStore, HeadVariant, LoadOptions, Model, ModelStats,
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::pjrt::{Client, ClientOptions, DeviceSelection, Plugin};
 use crate::prefix_cache::PrefixCache;
+use crate::rerank_template::{RerankTemplate, RerankTemplateChoice, prepare_rerank};
 use crate::scoring::{ChatSupport, Limits, RowValues, finish_row, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
@@ -60,6 +62,8 @@ pub struct EngineConfig {
     /// Shared prefixes shorter than this are not worth a separate pass: such jobs are packed
     /// as usual (0 turns coalescing and the prefix cache off).
     pub prefix_min_tokens: usize,
+    /// The rerank template (`--rerank-template`; default: the built-in one for a Qwen3 reranker).
+    pub rerank_template: RerankTemplateChoice,
 }
 
 /// Default bound of the prefix cache: about 40 cached 512-token prefixes of Qwen2.5-0.5B.
@@ -83,7 +87,29 @@ impl EngineConfig {
             weight_cache: None,
             prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
             prefix_min_tokens: DEFAULT_PREFIX_MIN_TOKENS,
+            rerank_template: RerankTemplateChoice::Auto,
         }
+    }
+
+    /// The model's rerank template under `self.rerank_template` (a bad template file fails the
+    /// load, naming the file and what is wrong with it).
+    pub fn load_rerank_template(
+        &self,
+        arch: weights::Arch,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<RerankTemplate>> {
+        let template = RerankTemplate::for_model(
+            &self.rerank_template,
+            arch,
+            &self.model_path,
+            &self.model_id,
+            tokenizer,
+        )
+        .context("loading the rerank template")?;
+        if template.is_some() {
+            tracing::info!(model = %self.model_id, "rerank template loaded: the rerank routes are served");
+        }
+        Ok(template)
     }
 }
 
@@ -112,6 +138,7 @@ pub struct Engine {
     limits: Limits,
     device: usize,
     chat: ChatSupport,
+    rerank: Option<RerankTemplate>,
     tx: mpsc::Sender<Command>,
 }
 
@@ -143,6 +170,7 @@ impl Engine {
         let config = weights::load_config(&cfg.model_path).with_context(|| {
             format!("reading the model metadata of {}", cfg.model_path.display())
         })?;
+        let rerank = cfg.load_rerank_template(config.arch, &tokenizer)?;
         tracing::info!(model = %cfg.model_id, arch = %config.arch, layers = config.num_layers,
             elapsed_ms = started.elapsed().as_millis() as u64, "tokenizer and metadata loaded");
 
@@ -179,6 +207,7 @@ impl Engine {
                 limits: cfg.limits,
                 device,
                 chat: load_chat_support(&cfg.model_path, &cfg.model_id),
+                rerank: rerank.clone(),
                 tx,
             });
         }
@@ -207,6 +236,10 @@ impl Engine {
     /// The model's chat template, if it has one this server can render.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat.as_ref().ok()
+    }
+
+    pub fn rerank_template(&self) -> Option<&RerankTemplate> {
+        self.rerank.as_ref()
     }
 
     /// Validate, tokenize and score one request end to end.
@@ -247,6 +280,17 @@ impl ScoreBackend for Engine {
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
         let vocab = self.config.vocab_size;
         prepare(req, &self.tokenizer, &self.chat, vocab, &self.limits)
+    }
+
+    fn prepare_rerank(&self, req: &RerankInput) -> Result<ScoreJob, ValidationError> {
+        prepare_rerank(
+            self.rerank.as_ref(),
+            &self.model_id,
+            req,
+            &self.tokenizer,
+            self.config.vocab_size,
+            &self.limits,
+        )
     }
 
     fn score_batch(

@@ -3,6 +3,7 @@
 //! size, limits, special tokens) — never the weights or a device client; workers score.
 //! Every [`ScoreBackend`] is a `Preparer` too, so the embedded `serve` shares its one engine.
 
+use crate::rerank::{RerankInput, no_rerank_template};
 use crate::{ScoreBackend, ScoreJob, ScoreRequest, ValidationError};
 
 /// Validation and tokenization without scoring. Blocks (tokenization): call it from
@@ -12,6 +13,13 @@ pub trait Preparer: Send + Sync + 'static {
     fn model_id(&self) -> &str;
     /// Validate and tokenize a request.
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError>;
+    /// Validate and tokenize a rerank request through the model's rerank template: a `/v1/score`
+    /// job (shared instruction and query, one item per document, labels `[yes, no]`, softmax).
+    /// Without a template: refused (400).
+    fn prepare_rerank(&self, req: &RerankInput) -> Result<ScoreJob, ValidationError> {
+        let _ = req;
+        Err(no_rerank_template(self.model_id()))
+    }
 }
 
 impl<T: ScoreBackend + ?Sized> Preparer for T {
@@ -21,5 +29,9 @@ impl<T: ScoreBackend + ?Sized> Preparer for T {
 
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError> {
         ScoreBackend::prepare(self, req)
+    }
+
+    fn prepare_rerank(&self, req: &RerankInput) -> Result<ScoreJob, ValidationError> {
+        ScoreBackend::prepare_rerank(self, req)
     }
 }

@@ -8,12 +8,29 @@
 //! `rerank_template`: shared query part, one item per document, labels `[yes, no]`, softmax on), and
 //! the score rows come back here: [`rank_rows`] reads P(yes) from each row and sorts (stable: equal
 //! scores keep the documents' order), then the response builders apply `top_n` and the document echo.
-//! Validation answers the same [`ValidationError`] (HTTP 400) as `/v1/score`.
+//! Validation answers the same [`ValidationError`] (HTTP 400) as `/v1/score`. [`RerankCall`] is the
+//! request with its endpoint, as jobs and batch lines carry it (`call.rs`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::score::ValidationError;
+
+mod call;
+
+pub use call::{
+    RerankBody, RerankCall, RerankEndpoint, RerankInput, RerankJobObject, RerankOutput,
+    RerankRenderError,
+};
+
+/// The 400 of a rerank request to a model served without a rerank template.
+pub fn no_rerank_template(model: &str) -> ValidationError {
+    ValidationError::new(format!(
+        "the model `{model}` has no rerank template, so the rerank endpoints cannot score it: \
+         serve a Qwen3 reranker (built-in template) or start the server with \
+         --rerank-template FILE (docs/RERANK.md)"
+    ))
+}
 
 /// A document: a plain string, or Jina's `{"text": ...}` object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -282,6 +282,14 @@ pub trait ScoreBackend: Send + Sync + 'static {
     fn model_id(&self) -> &str;
     /// Validate and tokenize a request (API side).
     fn prepare(&self, req: &ScoreRequest) -> Result<ScoreJob, ValidationError>;
+    /// Validate and tokenize a rerank request (API side); see `Preparer::prepare_rerank`.
+    fn prepare_rerank(
+        &self,
+        req: &crate::rerank::RerankInput,
+    ) -> Result<ScoreJob, ValidationError> {
+        let _ = req;
+        Err(crate::rerank::no_rerank_template(self.model_id()))
+    }
     /// Score prepared jobs, one result per job (worker side). One failing job fails alone;
     /// `Err` means the engine itself is gone and no job was scored.
     fn score_batch(

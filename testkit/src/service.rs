@@ -106,7 +106,16 @@ pub fn real_urls() -> StoreUrls {
 
 impl Harness {
     pub async fn start(backing: Backing, tweak: impl FnOnce(&mut TestConfig)) -> Harness {
-        let engine = engine().await;
+        Self::start_on(engine().await, backing, tweak).await
+    }
+
+    /// [`Harness::start`] over `engine` instead of the binary's shared one (an engine loaded with
+    /// other settings, e.g. a rerank template); its model id must be [`MODEL`].
+    pub async fn start_on(
+        engine: Arc<Engine>,
+        backing: Backing,
+        tweak: impl FnOnce(&mut TestConfig),
+    ) -> Harness {
         let service = ServiceConfig {
             namespace: format!("test-{}", uuid::Uuid::new_v4().simple()),
             stores: match backing {

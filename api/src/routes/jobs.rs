@@ -1,4 +1,5 @@
-//! Async jobs: submit, fetch, cancel.
+//! Async jobs: submit, fetch, cancel. The rerank job routes (`routes::rerank`) submit through
+//! the same [`enqueue`].
 
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use scorer_jobs::{CancelOutcome, Inserted};
-use scorer_protocol::ScoreRequest;
 use scorer_protocol::job::{JobKind, JobObject, JobPriority, JobRecord, now_millis};
+use scorer_protocol::{ScoreJob, ScoreRequest};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -26,6 +27,13 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub struct JobRequest {
     #[serde(flatten)]
     pub score: ScoreRequest,
+    #[serde(flatten)]
+    pub options: JobOptions,
+}
+
+/// How to run an async job (`/v1/score/jobs` and the rerank job routes alike).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct JobOptions {
     /// `async` (default) or `bulk`; `bulk` runs after everything else.
     #[serde(default)]
     pub priority: Option<JobPriority>,
@@ -35,6 +43,73 @@ pub struct JobRequest {
     /// URL that receives a POST of the final job object (retried with backoff).
     #[serde(default)]
     pub webhook: Option<String>,
+}
+
+/// [`JobOptions`] checked, with the request's `Idempotency-Key`.
+pub(crate) struct JobSettings {
+    priority: JobPriority,
+    ttl: Option<u64>,
+    webhook: Option<String>,
+    key: Option<String>,
+    /// The model name the answer echoes (`ServedNames`).
+    served: String,
+}
+
+impl JobOptions {
+    /// 400 for a `sync` priority, a zero or too long TTL, a webhook that is not http(s), or an
+    /// Idempotency-Key that is not visible ASCII. `served`: the model name the answer echoes.
+    pub(crate) fn check(
+        self,
+        state: &AppState,
+        headers: &HeaderMap,
+        served: String,
+    ) -> Result<JobSettings, ApiError> {
+        let priority = match self.priority.unwrap_or(JobPriority::Async) {
+            JobPriority::Sync => {
+                return Err(ApiError::BadRequest(
+                    "priority must be \"async\" or \"bulk\"; \"sync\" is reserved for the \
+                     synchronous routes"
+                        .into(),
+                ));
+            }
+            p => p,
+        };
+        let ttl = match self.ttl_seconds {
+            Some(0) => return Err(ApiError::BadRequest("ttl_seconds must be positive".into())),
+            Some(s) if Duration::from_secs(s) > state.config.max_job_ttl => {
+                return Err(ApiError::BadRequest(format!(
+                    "ttl_seconds must be at most {}",
+                    state.config.max_job_ttl.as_secs()
+                )));
+            }
+            other => other,
+        };
+        if let Some(url) = &self.webhook {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "webhook must be an http or https URL, got {url:?}"
+                    )));
+                }
+            }
+        }
+        let key = headers
+            .get(IDEMPOTENCY_HEADER)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::BadRequest("Idempotency-Key must be visible ASCII".into())
+                })
+            })
+            .transpose()?;
+        Ok(JobSettings {
+            priority,
+            ttl,
+            webhook: self.webhook,
+            key,
+            served,
+        })
+    }
 }
 
 /// Submit a scoring job.
@@ -64,57 +139,52 @@ pub async fn submit(
     let tenant = auth::tenant(&state, &headers).await?;
     let bytes = body_bytes(body, &state)?;
     let (req, raw): (JobRequest, serde_json::Value) = parse_json(&bytes)?;
-    let priority = match req.priority.unwrap_or(JobPriority::Async) {
-        JobPriority::Sync => {
-            return Err(ApiError::BadRequest(
-                "priority must be \"async\" or \"bulk\"; \"sync\" is reserved for POST /v1/score"
-                    .into(),
-            ));
-        }
-        p => p,
-    };
-    let ttl = match req.ttl_seconds {
-        Some(0) => return Err(ApiError::BadRequest("ttl_seconds must be positive".into())),
-        Some(s) if Duration::from_secs(s) > state.config.max_job_ttl => {
-            return Err(ApiError::BadRequest(format!(
-                "ttl_seconds must be at most {}",
-                state.config.max_job_ttl.as_secs()
-            )));
-        }
-        other => other,
-    };
-    if let Some(url) = &req.webhook {
-        match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "webhook must be an http or https URL, got {url:?}"
-                )));
-            }
-        }
-    }
-    let key = headers
-        .get(IDEMPOTENCY_HEADER)
-        .map(|v| {
-            v.to_str()
-                .map(str::to_string)
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))
-        })
-        .transpose()?;
     let served = check_model(&state, &req.score)?;
+    let settings = req.options.check(&state, &headers, served)?;
     let job = prepare(&state, req.score).await?;
+    enqueue(
+        &state,
+        tenant,
+        settings,
+        raw.clone(),
+        &raw,
+        job,
+        "/v1/score/jobs",
+    )
+    .await
+}
 
+/// Records and queues an async job whose audit `request` is `request`; `hashed` (the body as
+/// received) tells an idempotent replay from a conflicting reuse of its key. Answers 202 with
+/// the job's URL under `jobs_path` in `Location`.
+pub(crate) async fn enqueue(
+    state: &AppState,
+    tenant: String,
+    settings: JobSettings,
+    request: serde_json::Value,
+    hashed: &serde_json::Value,
+    job: ScoreJob,
+    jobs_path: &str,
+) -> Result<Response, ApiError> {
     let model = state.backend.model_id().to_string();
-    let mut record = JobRecord::queued(Uuid::now_v7(), tenant, JobKind::Async, model, priority);
-    record.expires_at = ttl.map(|s| record.created_at + chrono::Duration::seconds(s as i64));
-    record.webhook = req.webhook;
+    let mut record = JobRecord::queued(
+        Uuid::now_v7(),
+        tenant,
+        JobKind::Async,
+        model,
+        settings.priority,
+    );
+    record.expires_at = settings
+        .ttl
+        .map(|s| record.created_at + chrono::Duration::seconds(s as i64));
+    record.webhook = settings.webhook;
     record.request_hash = Some(hex::encode(Sha256::digest(
-        serde_json::to_vec(&raw).unwrap_or_default(),
+        serde_json::to_vec(hashed).unwrap_or_default(),
     )));
-    record.request = Some(raw);
-    record.idempotency_key = key;
-    match accept(&state, &record, job, &served).await? {
-        Inserted::Created => Ok(accepted(&record)),
+    record.request = Some(request);
+    record.idempotency_key = settings.key;
+    match accept(state, &record, job, &settings.served).await? {
+        Inserted::Created => Ok(accepted(&record, jobs_path)),
         Inserted::Existing(existing) => {
             if existing.request_hash == record.request_hash {
                 // A replay: the same job, looked up fresh so the caller sees its progress.
@@ -127,7 +197,7 @@ pub async fn submit(
                 .ok()
                 .flatten()
                 .unwrap_or(existing);
-                Ok(accepted(&current))
+                Ok(accepted(&current, jobs_path))
             } else {
                 Err(ApiError::Conflict(format!(
                     "Idempotency-Key {:?} was already used for job {} with a different body",
@@ -139,9 +209,9 @@ pub async fn submit(
     }
 }
 
-fn accepted(record: &JobRecord) -> Response {
+fn accepted(record: &JobRecord, jobs_path: &str) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(record.object())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/score/jobs/{}", record.id)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{jobs_path}/{}", record.id)) {
         response.headers_mut().insert(header::LOCATION, v);
     }
     response
@@ -149,7 +219,7 @@ fn accepted(record: &JobRecord) -> Response {
 
 /// Looks a job up (result store first, then the audit store); another tenant's job is 404, as
 /// if it did not exist (ids are not secrets to probe).
-async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
+pub(crate) async fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("no job {id}"));
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
     let limit = state.config.store_timeout;

@@ -7,12 +7,12 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
-use scorer_protocol::job::{JobKind, JobPriority, JobRecord, JobStatus};
+use scorer_protocol::job::{JobKind, JobPriority, JobRecord};
 use scorer_protocol::{ScoreOutput, ScoreRequest, ScoreResponse};
 use uuid::Uuid;
 
-use crate::submit::{accept, body_bytes, check_model, parse_json, prepare};
-use crate::{ApiError, AppState, Draining, auth, deadline};
+use crate::submit::{body_bytes, check_model, parse_json, prepare, run_sync};
+use crate::{ApiError, AppState, Draining, auth};
 
 /// Header: seconds this call may wait for its result (capped by the server's maximum).
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";
@@ -64,65 +64,10 @@ pub async fn score(
         JobPriority::Sync,
     );
     record.request = Some(raw);
-    accept(&state, &record, job, &served).await?;
-    // The wait itself is bounded by `timeout`; the extra deadline covers a Redis that stops
-    // answering mid-wait.
-    let wait = deadline(
-        timeout + state.config.store_timeout,
-        "results",
-        state.stores.results.wait_terminal(record.id, timeout),
-    );
-    // A server shutting down answers before its drain ends (docs/OPERATIONS.md, "Graceful
-    // shutdown"); the job goes on and can be fetched.
-    let shutting_down = async {
-        match &draining {
-            Some(Extension(draining)) => draining.must_answer().await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        biased;
-        outcome = wait => outcome,
-        () = shutting_down => {
-            return Err(ApiError::Timeout {
-                message: format!(
-                    "the server is shutting down and job {} has no result yet; it goes on: \
-                     GET /v1/score/jobs/{}",
-                    record.id, record.id
-                ),
-                job_id: record.id,
-            });
-        }
-    };
-    let answer = match outcome {
-        Ok(Some(done)) => finished(done),
-        Ok(None) => Err(ApiError::Timeout {
-            message: format!(
-                "no result within {:.3} s; job {} is still running: GET /v1/score/jobs/{}",
-                timeout.as_secs_f64(),
-                record.id,
-                record.id
-            ),
-            job_id: record.id,
-        }),
-        Err(e) => Err(e),
-    };
-    let outcome = if answer.is_ok() { "ok" } else { "error" };
-    metrics::histogram!("scorer_score_seconds", "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
-    answer.map(Json)
-}
-
-fn finished(done: JobRecord) -> Result<ScoreResponse, ApiError> {
-    match (done.status, done.result) {
-        (JobStatus::Succeeded, Some(result)) => Ok(result),
-        (status, _) => Err(ApiError::Internal(format!(
-            "job {} {}: {}",
-            done.id,
-            status.as_str(),
-            done.error.unwrap_or_else(|| "no result".into())
-        ))),
-    }
+    let draining = draining.as_ref().map(|Extension(d)| d);
+    run_sync(&state, &record, job, &served, draining, timeout, started)
+        .await
+        .map(Json)
 }
 
 /// The caller's deadline: the server default without the header; a positive number of seconds

@@ -250,6 +250,26 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Where each token of `text` ends (a byte offset into `text`, on a char boundary), tokenized
+    /// without added special tokens: what cutting a text "after its first k tokens" needs.
+    pub fn token_ends(&self, text: &str) -> Result<Vec<usize>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenize: {e}"))?;
+        Ok(enc
+            .get_offsets()
+            .iter()
+            .map(|&(_, end)| {
+                let mut end = end.min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                end
+            })
+            .collect())
+    }
+
     /// Text of `ids`, special tokens included (transformers' `decode` default).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

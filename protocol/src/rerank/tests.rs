@@ -149,3 +149,59 @@ fn tei_shapes() {
         json!([{"index": 1, "score": 0.75}, {"index": 0, "score": 0.25}])
     );
 }
+
+#[test]
+fn a_stored_rerank_call_is_recognised_and_rendered_in_its_endpoints_shape() {
+    let body = json!({"model": "m", "query": "q", "documents": ["a", {"text": "b"}], "top_n": 1,
+        "priority": "bulk"});
+    let call = RerankCall::parse(RerankEndpoint::V2, &body).unwrap();
+    let stored = call.stored(body.clone());
+    assert_eq!(stored, json!({"url": "/v2/rerank", "body": body}));
+    assert_eq!(RerankCall::from_stored(&stored), Some(call.clone()));
+    assert_eq!(call.model(), Some("m"));
+    let input = call.input().unwrap();
+    assert_eq!(input.documents, vec!["a", "b"]);
+    assert!(!input.truncate);
+
+    // A /v1/score body, or anything else, is not a rerank call.
+    for other in [
+        json!({"query": "q", "items": ["a"], "label_token_ids": [1]}),
+        json!({"url": "/v1/score", "body": {}}),
+        json!({"url": "/v2/rerank", "body": body, "extra": 1}),
+        json!({"url": "/v2/rerank", "body": {"query": "q"}}),
+        json!("/v2/rerank"),
+    ] {
+        assert_eq!(RerankCall::from_stored(&other), None, "{other}");
+    }
+
+    let rows = vec![vec![0.2, 0.8], vec![0.9, 0.1]];
+    let out = serde_json::to_value(call.render("job", "m", &rows, 7).unwrap()).unwrap();
+    assert_eq!(
+        out["results"],
+        json!([{"index": 1, "relevance_score": 0.9}])
+    );
+    assert_eq!(out["meta"]["billed_units"]["input_tokens"], 7);
+    assert_eq!(out["id"], "job");
+    assert!(matches!(
+        call.render("job", "m", &rows[..1], 7),
+        Err(RerankRenderError::Count {
+            rows: 1,
+            documents: 2
+        })
+    ));
+
+    let tei = json!({"query": "q", "texts": ["a", "b"], "truncate": true, "return_text": true});
+    let call = RerankCall::parse(RerankEndpoint::Tei, &tei).unwrap();
+    assert!(call.input().unwrap().truncate);
+    assert_eq!(call.model(), None);
+    let out = serde_json::to_value(call.render("job", "m", &rows, 7).unwrap()).unwrap();
+    assert_eq!(
+        out,
+        json!([{"index": 1, "score": 0.9, "text": "b"}, {"index": 0, "score": 0.2, "text": "a"}])
+    );
+    assert_eq!(RerankEndpoint::parse("/rerank"), Some(RerankEndpoint::Tei));
+    assert_eq!(RerankEndpoint::parse("/v3/rerank"), None);
+    let e = RerankCall::parse(RerankEndpoint::V1, &json!({"query": "q", "documents": [1]}))
+        .unwrap_err();
+    assert!(e.message.starts_with("invalid request"), "{e}");
+}

@@ -137,17 +137,15 @@ fn rejected_line(e: &LineError) -> Value {
     })
 }
 
-/// A finished line in the OpenAI batch output shape.
+/// A finished line in the OpenAI batch output shape; a rerank line's body in its endpoint's shape.
 fn result_line(r: &LineResult) -> Value {
     let job = &r.record;
     let id = format!("batch_req_{}", job.id.simple());
-    match (&job.result, job.status) {
-        (Some(body), JobStatus::Succeeded) => json!({
-            "id": id,
-            "custom_id": r.custom_id,
-            "response": {"status_code": 200, "request_id": job.id, "body": body},
-            "error": null,
-        }),
+    let outcome = match (&job.result, job.status) {
+        (Some(body), JobStatus::Succeeded) => match crate::routes::rerank::render_record(job) {
+            Some(rendered) => rendered.map_err(|message| ("request_failed", message)),
+            None => Ok(serde_json::to_value(body).unwrap_or(Value::Null)),
+        },
         _ => {
             let code = match job.status {
                 JobStatus::Cancelled => "batch_cancelled",
@@ -158,12 +156,21 @@ fn result_line(r: &LineResult) -> Value {
                 .error
                 .clone()
                 .unwrap_or_else(|| format!("the request was {}", job.status.as_str()));
-            json!({
-                "id": id,
-                "custom_id": r.custom_id,
-                "response": null,
-                "error": {"code": code, "message": message},
-            })
+            Err((code, message))
         }
+    };
+    match outcome {
+        Ok(body) => json!({
+            "id": id,
+            "custom_id": r.custom_id,
+            "response": {"status_code": 200, "request_id": job.id, "body": body},
+            "error": null,
+        }),
+        Err((code, message)) => json!({
+            "id": id,
+            "custom_id": r.custom_id,
+            "response": null,
+            "error": {"code": code, "message": message},
+        }),
     }
 }

@@ -1,5 +1,6 @@
 //! Reading an upload: lines are cut from the stream, each validated and tokenized like a
-//! `/v1/score/jobs` body; a chunk's valid lines are recorded (one audit row each) and published
+//! `/v1/score/jobs` body (or, for a line whose `url` is a rerank endpoint, like that endpoint's
+//! job body; its audit `request` is then the rerank call, which the output file renders); a chunk's valid lines are recorded (one audit row each) and published
 //! at the bulk priority, its bad lines recorded for the error file. Memory holds one chunk.
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use futures::StreamExt;
 use scorer_jobs::batches::lifecycle::{self, UploadEnd};
 use scorer_jobs::{BatchLine, BatchRecord, BatchStatus, LineError};
 use scorer_protocol::job::{JobKind, JobPriority, JobRecord, now_millis};
+use scorer_protocol::rerank::{RerankCall, RerankEndpoint};
 use scorer_protocol::{ScoreJob, ScoreRequest};
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,7 +18,7 @@ use uuid::Uuid;
 use super::upload::{parse_metadata, parse_window, too_large};
 use super::wire::BatchObject;
 use super::{ENDPOINT, call};
-use crate::submit::{check_model, envelope, prepare, publish};
+use crate::submit::{check_model, check_model_name, envelope, prepare, prepare_rerank, publish};
 use crate::{ApiError, AppState};
 
 /// Lines validated, recorded and published together.
@@ -38,7 +40,14 @@ struct InputLine {
 }
 
 /// A line's custom_id, its body as sent, and the body as a request.
-pub type ParsedLine = (String, Value, ScoreRequest);
+pub type ParsedLine = (String, Value, LineRequest);
+
+/// What a line asks for, by its `url`: `/v1/score` (also when absent) or a rerank endpoint.
+#[derive(Debug, Clone)]
+pub enum LineRequest {
+    Score(ScoreRequest),
+    Rerank(RerankCall),
+}
 /// Why a line is refused, with its custom_id when it has one.
 pub type RefusedLine = (Option<String>, String);
 
@@ -76,22 +85,34 @@ pub fn parse_line(text: &[u8]) -> Result<ParsedLine, RefusedLine> {
             format!("method must be \"POST\", got {m:?}"),
         ));
     }
-    if let Some(u) = parsed.url.as_deref()
-        && u != ENDPOINT
-    {
-        return Err((
-            Some(custom_id),
-            format!("url must be \"{ENDPOINT}\", got {u:?}"),
-        ));
-    }
+    let rerank = match parsed.url.as_deref() {
+        None | Some(ENDPOINT) => None,
+        Some(u) => match RerankEndpoint::parse(u) {
+            Some(e) => Some(e),
+            None => {
+                return Err((
+                    Some(custom_id),
+                    format!(
+                        "url must be \"{ENDPOINT}\", \"/v1/rerank\", \"/v2/rerank\" or \"/rerank\", got {u:?}"
+                    ),
+                ));
+            }
+        },
+    };
     let Some(body) = parsed.body else {
         return Err((Some(custom_id), "the line has no `body`".into()));
     };
     if let Err(e) = scorer_protocol::refuse_nul_in_json(&body) {
         return Err((Some(custom_id), e.message));
     }
+    if let Some(endpoint) = rerank {
+        return match RerankCall::parse(endpoint, &body) {
+            Ok(call) => Ok((custom_id, body, LineRequest::Rerank(call))),
+            Err(e) => Err((Some(custom_id), e.message)),
+        };
+    }
     match serde_json::from_value::<ScoreRequest>(body.clone()) {
-        Ok(req) => Ok((custom_id, body, req)),
+        Ok(req) => Ok((custom_id, body, LineRequest::Score(req))),
         Err(e) => Err((Some(custom_id), format!("invalid request: {e}"))),
     }
 }
@@ -232,12 +253,24 @@ impl<'a> Ingest<'a> {
             Ok(parsed) => parsed,
             Err((custom_id, message)) => return self.reject(custom_id, message),
         };
-        let served = match check_model(self.state, &req) {
-            Ok(served) => served,
-            Err(e) => return self.reject(Some(custom_id), e.to_string()),
+        let prepared = match req {
+            LineRequest::Score(req) => match check_model(self.state, &req) {
+                Ok(served) => prepare(self.state, req)
+                    .await
+                    .map(|job| (job, body, served)),
+                Err(e) => Err(e),
+            },
+            LineRequest::Rerank(call) => match check_model_name(self.state, call.model())
+                .and_then(|served| call.input().map(|i| (i, served)).map_err(ApiError::from))
+            {
+                Ok((input, served)) => prepare_rerank(self.state, input)
+                    .await
+                    .map(|job| (job, call.stored(body), served)),
+                Err(e) => Err(e),
+            },
         };
-        let job = match prepare(self.state, req).await {
-            Ok(job) => job,
+        let (job, body, served) = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => return self.reject(Some(custom_id), e.to_string()),
         };
         let b = &self.batch;

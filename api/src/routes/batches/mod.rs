@@ -31,10 +31,10 @@ use uuid::Uuid;
 
 use crate::{ApiError, AppState, auth};
 
-pub use ingest::{ParsedLine, RefusedLine, parse_line};
+pub use ingest::{LineRequest, ParsedLine, RefusedLine, parse_line};
 pub use wire::{BatchList, BatchObject, RequestCounts};
 
-/// The only endpoint a line may name.
+/// The endpoint of a line without `url` (a line may also name a rerank endpoint).
 pub const ENDPOINT: &str = "/v1/score";
 
 /// Runs one store or broker call of the batch routes under the store deadline (see
