@@ -143,7 +143,8 @@ struct EngineArgs {
     /// Items in one request (400 beyond).
     #[arg(long, env = "SCORER_MAX_ITEMS", default_value_t = Limits::default().max_items)]
     max_items: usize,
-    /// Tokens in one prompt, query and item together (400 beyond).
+    /// Tokens in one prompt, query and item together (400 beyond), capped at the model's
+    /// context length; prompts longer than a pass are computed by chunked prefill.
     #[arg(long, env = "SCORER_MAX_PROMPT_TOKENS",
         default_value_t = Limits::default().max_prompt_tokens)]
     max_prompt_tokens: usize,
@@ -154,6 +155,11 @@ struct EngineArgs {
     /// Label ids per item (400 beyond).
     #[arg(long, env = "SCORER_MAX_LABELS", default_value_t = Limits::default().max_labels)]
     max_labels: usize,
+    /// Chunk of a chunked prefill (a prompt longer than a pass): device memory per pass grows
+    /// with chunk × prompt length.
+    #[arg(long, env = "SCORER_PREFILL_CHUNK_TOKENS",
+        default_value_t = scorer_engine::runtime::DEFAULT_PREFILL_CHUNK_TOKENS)]
+    prefill_chunk_tokens: usize,
     /// Shortest shared token prefix worth coalescing jobs on or caching (0: off).
     #[arg(long, env = "SCORER_PREFIX_MIN_TOKENS",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFIX_MIN_TOKENS)]
@@ -483,6 +489,11 @@ impl EngineArgs {
         };
         cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
         cfg.prefix_min_tokens = self.prefix_min_tokens;
+        anyhow::ensure!(
+            self.prefill_chunk_tokens >= 1,
+            "--prefill-chunk-tokens must be at least 1"
+        );
+        cfg.prefill_chunk_tokens = self.prefill_chunk_tokens;
         cfg.compile_cache = Some(scorer_engine::home::executable_cache());
         cfg.weight_cache = (!self.no_weight_cache).then(scorer_engine::home::weight_cache);
         if let Some(template) = &self.rerank_template {

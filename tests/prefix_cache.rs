@@ -26,15 +26,7 @@ static PLAIN: LazyLock<Engine> = LazyLock::new(|| {
 
 /// Deterministic token ids in a range every model here has.
 fn ids(seed: u64, n: usize) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            1000 + (x % 20_000) as u32
-        })
-        .collect()
+    token_ids(seed, n, 1000, 21_000)
 }
 
 fn body(query: &[u32], items: &[Vec<u32>], softmax: bool) -> Value {

@@ -364,9 +364,10 @@ async fn limits_answer_413_and_400(backing: Backing) {
     let limits = scorer_protocol::Limits::default();
     let items: Vec<String> = (0..=limits.max_items).map(|i| format!(" {i}")).collect();
     let many = json!({"query": "q", "items": items, "label_token_ids": [1]});
-    let long = json!({
-        "query": "word ".repeat(limits.max_prompt_tokens + 10), "items": ["a"], "label_token_ids": [1]
-    });
+    // Over the prompt limit (the model's 8,192-token context caps the default 32,768) and
+    // under the 64 KiB body bound.
+    let over = limits.within_context(8192).max_prompt_tokens + 10;
+    let long = json!({"query": "word ".repeat(over), "items": ["a"], "label_token_ids": [1]});
     for path in ["/v1/score", "/v1/score/jobs"] {
         let (status, _, err) = h.post(path, &many).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use scorer_engine::model::LayerLayout;
 use scorer_engine::packing::Packing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -19,6 +20,21 @@ impl From<PackingArg> for Packing {
         match p {
             PackingArg::Shared => Packing::SharedPrefix,
             PackingArg::PerItem => Packing::PerItem,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    Stacked,
+    PerLayer,
+}
+
+impl From<LayoutArg> for LayerLayout {
+    fn from(l: LayoutArg) -> LayerLayout {
+        match l {
+            LayoutArg::Stacked => LayerLayout::Stacked,
+            LayoutArg::PerLayer => LayerLayout::PerLayer,
         }
     }
 }
@@ -66,6 +82,14 @@ pub struct Args {
     /// Tokens per forward pass (the engine's largest bucket).
     #[arg(long = "max-batch-tokens", default_value_t = 2048)]
     pub max_batch_tokens: usize,
+    /// Chunk of a chunked prefill (prompts longer than --max-batch-tokens).
+    #[arg(long = "prefill-chunk-tokens",
+        default_value_t = scorer_engine::runtime::DEFAULT_PREFILL_CHUNK_TOKENS)]
+    pub prefill_chunk_tokens: usize,
+    /// Weight layout of the program: stacked (one `while` over stacked weights) or per-layer
+    /// (unrolled, one parameter per layer).
+    #[arg(long, value_enum, default_value_t = LayoutArg::Stacked)]
+    pub layout: LayoutArg,
     /// Timed runs of the matmul-ceiling program (median reported), at the start and at the end.
     #[arg(long = "ceiling-runs", default_value_t = 5)]
     pub ceiling_runs: usize,

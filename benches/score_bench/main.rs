@@ -174,6 +174,8 @@ fn main() -> Result<()> {
             "plugin": plugin,
             "packing": format!("{:?}", Packing::from(args.packing)),
             "max_batch_tokens": args.max_batch_tokens,
+            "prefill_chunk_tokens": args.prefill_chunk_tokens,
+            "layout": format!("{:?}", args.layout),
             "dense_gflop_per_token": flops::dense_flops_per_token(engine.model_config()) / 1e9,
             "ceiling_start": ceiling_start,
             "ceiling_end": ceiling_end,
@@ -217,6 +219,8 @@ fn engine_config(args: &Args, cache: Option<&Path>) -> EngineConfig {
     cfg.plugin_path = args.plugin_path();
     cfg.packing = args.packing.into();
     cfg.max_batch_tokens = args.max_batch_tokens;
+    cfg.prefill_chunk_tokens = args.prefill_chunk_tokens;
+    cfg.layout = args.layout.into();
     cfg.compile_cache = cache.map(Path::to_path_buf);
     // Start-up is measured with the weight cache of the service (`scorer serve`): the cold start
     // builds it in the fresh directory, the warm start maps it.

@@ -49,8 +49,8 @@ impl Frontend {
             chat: load_chat_support(&cfg.model_path, &cfg.model_id),
             model_id: cfg.model_id.clone(),
             tokenizer,
+            limits: cfg.limits.within_context(config.context_length),
             config,
-            limits: cfg.limits,
             rerank,
         })
     }

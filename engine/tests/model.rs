@@ -106,6 +106,7 @@ fn tiny_weights(t: &Tiny, seed: u64) -> ModelWeights {
             num_heads: t.heads,
             num_kv_heads: t.kv_heads,
             head_dim: hd,
+            context_length: 32768,
             rope_theta: 10000.0,
             rms_norm_eps: 1e-6,
             tie_word_embeddings: t.tied,

@@ -10,7 +10,8 @@
 pub struct Limits {
     /// Items in one request (`--max-items`).
     pub max_items: usize,
-    /// Tokens in one prompt, query and item together (`--max-prompt-tokens`).
+    /// Tokens in one prompt, query and item together (`--max-prompt-tokens`), capped at the
+    /// model's context length ([`Limits::within_context`]).
     pub max_prompt_tokens: usize,
     /// Tokens over all prompts of one request (`--max-request-tokens`).
     pub max_request_tokens: usize,
@@ -18,12 +19,24 @@ pub struct Limits {
     pub max_labels: usize,
 }
 
+impl Limits {
+    /// These limits with the prompt limit capped at a model's context length
+    /// (`max_position_embeddings`): positions past it were never trained, and some RoPE
+    /// scalings change there. Longer prompts than a pass holds are computed by chunked prefill.
+    pub fn within_context(self, context_length: usize) -> Limits {
+        Limits {
+            max_prompt_tokens: self.max_prompt_tokens.min(context_length.max(1)),
+            ..self
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_items: 1024,
-            max_prompt_tokens: 2048,
-            max_request_tokens: 262_144,
+            max_prompt_tokens: 32768,
+            max_request_tokens: 1_048_576,
             max_labels: 128,
         }
     }

@@ -178,3 +178,17 @@ pub fn plugin_device_count() -> usize {
     let client = Client::new(&plugin).expect("a PJRT client");
     client.device_count()
 }
+
+/// Deterministic pseudo-random token ids in `lo..hi` (xorshift from `seed`): requests of token
+/// ids need no tokenizer and share exactly the prefixes a test builds.
+pub fn token_ids(seed: u64, n: usize, lo: u32, hi: u32) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + (x % u64::from(hi - lo)) as u32
+        })
+        .collect()
+}

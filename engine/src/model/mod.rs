@@ -351,13 +351,53 @@ impl Model {
     }
 
     /// Computes every layer's keys and values of `tokens` (positions `0..`), kept on the device
-    /// for [`Model::run_cached`].
+    /// for [`Model::run_cached`]. One pass: `tokens` must fit the largest batch.
     pub fn prefix_kv(&self, tokens: &[u32]) -> Result<PrefixKv> {
+        self.kv_pass(None, tokens)
+    }
+
+    /// The keys and values of `base`'s first `len` positions followed by those of `tokens`
+    /// (positions `len..`; no base: `0..`), computed in passes of at most `chunk` tokens, each
+    /// attending to the keys/values of everything before it: a chunked prefill. Device memory
+    /// per pass is bounded by the chunk (its attention is `[heads, chunk, columns so far]`), so a
+    /// prompt may be as long as the model allows.
+    pub fn extend_kv(
+        &self,
+        base: Option<(&PrefixKv, usize)>,
+        tokens: &[u32],
+        chunk: usize,
+    ) -> Result<PrefixKv> {
+        let chunk = chunk.clamp(1, self.max_tokens);
+        let mut pieces = tokens.chunks(chunk);
+        let first = pieces
+            .next()
+            .context("an empty prefix has nothing to cache")?;
+        let mut cur = self.kv_pass(base, first)?;
+        for piece in pieces {
+            let len = cur.tokens;
+            cur = self.kv_pass(Some((&cur, len)), piece)?;
+        }
+        Ok(cur)
+    }
+
+    /// One pass of the key/value program: `tokens` after the first `len` positions of `base`.
+    fn kv_pass(&self, base: Option<(&PrefixKv, usize)>, tokens: &[u32]) -> Result<PrefixKv> {
         ensure!(!tokens.is_empty(), "an empty prefix has nothing to cache");
+        let start = match base {
+            Some((kv, len)) => {
+                ensure!(
+                    len > 0 && len <= kv.tokens,
+                    "cached prefix length {len} outside 1..={}",
+                    kv.tokens
+                );
+                len
+            }
+            None => 0,
+        };
         let n = tokens.len();
         let batch = PackedBatch {
             tokens: tokens.to_vec(),
-            positions: (0..n as i32).collect(),
+            positions: (start as i32..(start + n) as i32).collect(),
             segment: vec![0; n],
             prefix_segment: vec![-1; n],
             score_index: Vec::new(),
@@ -368,10 +408,18 @@ impl Model {
         spec.kind = ProgramKind::PrefixKv;
         spec.scores = 0;
         spec.labels = 0;
+        spec.cache = base.map_or(0, |(kv, _)| kv.columns as i64);
         let tb = spec.tokens as usize;
         let exe = self.executable(&spec)?;
+        let cache_len = match base {
+            Some(_) => Some(self.upload_i32(&[start as i32], &[])?),
+            None => None,
+        };
         let inputs = self.upload_tokens(&batch, tb)?;
         let mut args: Vec<&Buffer> = self.weights.iter().collect();
+        if let (Some((kv, _)), Some(len)) = (base, &cache_len) {
+            args.extend([&kv.k, &kv.v, len]);
+        }
         args.extend(inputs.iter());
         let mut outs = exe
             .execute_on(self.device, &args)
@@ -380,8 +428,9 @@ impl Model {
         let (Some(k), Some(v)) = (outs.next(), outs.next()) else {
             bail!("the prefix key/value program returned fewer than two results");
         };
+        let columns = base.map_or(0, |(kv, _)| kv.columns) + tb;
         let d = &self.dims;
-        let bytes = 2 * (d.layers * d.kv_heads * tb as i64 * d.head_dim) as u64 * 4;
+        let bytes = 2 * (d.layers * d.kv_heads * columns as i64 * d.head_dim) as u64 * 4;
         self.bump(|st| {
             st.prefix_passes += 1;
             st.tokens_computed += tb as u64;
@@ -390,8 +439,8 @@ impl Model {
         Ok(PrefixKv {
             k,
             v,
-            tokens: n,
-            columns: tb,
+            tokens: start + n,
+            columns,
             bytes,
         })
     }

@@ -6,7 +6,10 @@
 //! then `tokens i32[T]`, `positions i32[T]`, `segment i32[T]`, `prefix_segment i32[T]`, and for
 //! [`ProgramKind::Score`] `score_index i32[S]`, `label_ids i32[S, L]`. Results: `f32[S, L]`
 //! ([`ProgramKind::Score`]; with `pooled` also the final-norm hidden states `f32[S, H]`) or the keys and values of every token, `f32[layers, kv_heads, T, hd]`
-//! twice ([`ProgramKind::PrefixKv`]: what a prefix cache keeps).
+//! twice ([`ProgramKind::PrefixKv`]: what a prefix cache keeps). A [`ProgramKind::PrefixKv`]
+//! program with a cached prefix returns the cache extended by the batch instead,
+//! `f32[layers, kv_heads, C + T, hd]` twice with the batch at columns `cache_len..`: one chunk of a
+//! chunked prefill.
 //!
 //! Token `i` attends token `j` iff `j <= i`, `seg[j] != -1`, and `seg[j]` is
 //! `seg[i]` or `prefix_segment[i]`; every real token (`seg[i] != -1`) also attends the
@@ -473,7 +476,16 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
 
     let Some((score_index, label_ids)) = scored else {
         let (k, v) = kv.ok_or_else(|| missing("prefix keys and values"))?;
-        return b.finish(&[k, v]);
+        return match &cache {
+            // Extending a cached prefix (chunked prefill): the result is the cache with this
+            // pass's keys/values written after its first `cache_len` columns, `C + T` columns.
+            Some((ck, cv, len)) => {
+                let k = append_at(&mut b, ck, &k, len)?;
+                let v = append_at(&mut b, cv, &v, len)?;
+                b.finish(&[k, v])
+            }
+            None => b.finish(&[k, v]),
+        };
     };
     // Head, only at the scored positions.
     let hs = b.take_rows(&hidden, &score_index)?;
@@ -513,6 +525,15 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
         return b.finish(&[result, pooled]);
     }
     b.finish(&[result])
+}
+
+/// `cache [layers, kv, C, hd]` widened to `C + T` columns with `new [layers, kv, T, hd]` written
+/// from column `len` on (`len <= C`): the first `len + T` columns are then the keys/values of
+/// positions `0..len + T`, whatever the cache held past `len`.
+fn append_at(b: &mut FuncBuilder, cache: &Value, new: &Value, len: &Value) -> HloResult<Value> {
+    let widened = b.concatenate(&[cache, new], 2)?;
+    let zero = b.scalar_i32(0);
+    b.dynamic_update_slice(&widened, new, &[&zero, &zero, len, &zero])
 }
 
 /// The stacked layer loop's carried state, by name. [`Carry::values`] and [`Carry::rebuild`]

@@ -111,6 +111,9 @@ pub struct ModelConfig {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// The longest prompt the model was trained for (`max_position_embeddings`, GGUF
+    /// `<arch>.context_length`): the engine's prompt limit is capped at it.
+    pub context_length: usize,
     /// RoPE base of full-attention layers.
     pub rope_theta: f32,
     pub rms_norm_eps: f32,

@@ -160,6 +160,8 @@ pub(crate) fn read_config(g: &GgufFile) -> Result<ModelConfig> {
         num_heads,
         num_kv_heads,
         head_dim,
+        // llama.cpp's converter always writes it; a file without one gets the prompt limit.
+        context_length: opt("context_length")?.unwrap_or(usize::MAX),
         rope_theta: g.meta_f32(&key("rope.freq_base"))?.unwrap_or(if gemma {
             1_000_000.0
         } else {

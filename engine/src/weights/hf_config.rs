@@ -384,6 +384,7 @@ pub fn parse_hf_config(json: &Value, name: String) -> Result<ModelConfig> {
         num_heads,
         num_kv_heads: uint(o, "num_key_value_heads")?.unwrap_or(num_heads),
         head_dim,
+        context_length: max_pos,
         rope_theta,
         rms_norm_eps: float(o, "rms_norm_eps")?.unwrap_or(default_eps) as f32,
         tie_word_embeddings: boolean(o, "tie_word_embeddings")?.unwrap_or(gemma),

@@ -22,16 +22,19 @@ use scorer_protocol::{
     ScoreResponse, ValidationError,
 };
 
+mod long;
+mod passes;
+
 use crate::chat_template::ChatTemplate;
-use crate::coalesce::{PrefixGroup, group_by_prefix};
-use crate::model::{DType, DirStore, HeadVariant, LoadOptions, Model, ModelStats, PrefixKv};
-use crate::packing::{Packing, Pass, plan, plan_at};
+use crate::model::{DType, DirStore, LayerLayout, LoadOptions, Model, ModelStats};
+use crate::packing::Packing;
 use crate::pjrt::{Client, ClientOptions, DeviceSelection, Plugin};
 use crate::prefix_cache::PrefixCache;
 use crate::rerank_template::{RerankTemplate, RerankTemplateChoice, prepare_rerank};
-use crate::scoring::{ChatSupport, Limits, RowValues, finish_row, load_chat_support, prepare};
+use crate::scoring::{ChatSupport, Limits, load_chat_support, prepare};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, ModelConfig};
+use passes::run_jobs;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -44,6 +47,9 @@ pub struct EngineConfig {
     /// empty: the plugin's defaults.
     pub client_options: ClientOptions,
     pub dtype: DType,
+    /// How per-layer weights reach the program (stacked under one `while` loop, or one
+    /// parameter per layer in an unrolled program).
+    pub layout: LayerLayout,
     /// Which of the plugin's addressable devices holds the weights ([`Engine::load`];
     /// [`Engine::load_devices`] takes a selection instead).
     pub device: usize,
@@ -51,6 +57,9 @@ pub struct EngineConfig {
     pub packing: Packing,
     /// Tokens per forward pass (the largest token bucket used).
     pub max_batch_tokens: usize,
+    /// A prompt longer than a pass is computed in chunks of this many tokens (chunked prefill,
+    /// `--prefill-chunk-tokens`); device memory per pass grows with chunk × prompt length.
+    pub prefill_chunk_tokens: usize,
     /// Directory of serialized executables, so a warm start compiles nothing (None: memory only).
     pub compile_cache: Option<PathBuf>,
     /// Directory of device-ready weight files, so a warm start neither dequantizes nor copies
@@ -68,6 +77,9 @@ pub struct EngineConfig {
 
 /// Default bound of the prefix cache: about 40 cached 512-token prefixes of Qwen2.5-0.5B.
 pub const DEFAULT_PREFIX_CACHE_BYTES: u64 = 512 << 20;
+/// Default chunk of a chunked prefill: the attention of a chunk of a 32k-token prompt on
+/// Qwen2.5-0.5B (14 heads) is `14 × 1,024 × 33k` f32, about 1.9 GiB.
+pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 1024;
 /// Default shortest prefix worth caching or coalescing.
 pub const DEFAULT_PREFIX_MIN_TOKENS: usize = 32;
 
@@ -79,10 +91,12 @@ impl EngineConfig {
             plugin_path: crate::pjrt::default_plugin_path(),
             client_options: ClientOptions::default(),
             dtype: DType::F32,
+            layout: LayerLayout::default(),
             device: 0,
             limits: Limits::default(),
             packing: Packing::default(),
             max_batch_tokens: 2048,
+            prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
             compile_cache: None,
             weight_cache: None,
             prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
@@ -204,7 +218,7 @@ impl Engine {
                 model_id: cfg.model_id.clone(),
                 tokenizer: tokenizer.clone(),
                 config: config.clone(),
-                limits: cfg.limits,
+                limits: cfg.limits.within_context(config.context_length),
                 device,
                 chat: load_chat_support(&cfg.model_path, &cfg.model_id),
                 rerank: rerank.clone(),
@@ -336,7 +350,7 @@ fn start_device(cfg: &EngineConfig, client: Client, device: usize) -> Result<Mod
     let opts = LoadOptions {
         dtype: cfg.dtype,
         device,
-        ..LoadOptions::default()
+        layout: cfg.layout,
     };
     let mut model = Model::load_path(client, &cfg.model_path, opts, cfg.weight_cache.as_deref())
         .context("placing the weights on the device")?;
@@ -373,241 +387,4 @@ fn serve(model: &Model, cfg: &EngineConfig, rx: mpsc::Receiver<Command>) {
             }
         }
     }
-}
-
-/// What a pass computes: the head variant, and whether the hidden states come back too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PassKind {
-    head: HeadVariant,
-    pooled: bool,
-}
-
-impl PassKind {
-    /// Probabilities and token log-probabilities need the full-vocabulary normaliser; a softmax
-    /// over the labels alone needs only the label rows of the head. Hidden states leave the
-    /// device only for the jobs that asked for them.
-    fn of(job: &ScoreJob) -> PassKind {
-        let full = !job.apply_softmax || job.outputs.token_logprobs;
-        PassKind {
-            head: if full {
-                HeadVariant::FullLogprobs
-            } else {
-                HeadVariant::LabelLogits
-            },
-            pooled: job.outputs.pooled_hidden_states,
-        }
-    }
-}
-
-/// One item's answer.
-#[derive(Debug, Clone)]
-struct ItemRow {
-    scores: Vec<f64>,
-    logprobs: Option<Vec<f64>>,
-    hidden: Option<Vec<f32>>,
-}
-
-/// Per job: its rows as they are scored, or why it failed.
-struct Outcomes<'a> {
-    jobs: &'a [ScoreJob],
-    rows: Vec<Vec<Option<ItemRow>>>,
-    failed: Vec<Option<String>>,
-}
-
-impl<'a> Outcomes<'a> {
-    fn new(jobs: &'a [ScoreJob]) -> Self {
-        Outcomes {
-            jobs,
-            rows: jobs.iter().map(|j| vec![None; j.prompts.len()]).collect(),
-            failed: vec![None; jobs.len()],
-        }
-    }
-
-    fn fail(&mut self, job: usize, err: &anyhow::Error) {
-        self.failed[job] = Some(format!("forward pass failed: {err:#}"));
-    }
-
-    /// Runs `passes` (whose row targets index `map`, local to global job indices), optionally
-    /// continuing a cached prefix of `len` tokens. A failing pass fails only its jobs.
-    fn run_passes(
-        &mut self,
-        model: &Model,
-        passes: Vec<Pass>,
-        map: &[usize],
-        kind: PassKind,
-        cached: Option<(&PrefixKv, usize)>,
-    ) {
-        let values = match kind.head {
-            HeadVariant::LabelLogits => RowValues::Logits,
-            HeadVariant::FullLogprobs => RowValues::Logprobs,
-        };
-        for pass in passes {
-            match model.run_with(&pass.batch, kind.head, kind.pooled, cached) {
-                Ok(out) => {
-                    for (r, (target, row)) in pass.rows.iter().zip(&out.values).enumerate() {
-                        let j = map[target.job];
-                        let job = &self.jobs[j];
-                        let row = &row[..job.labels[target.item].len().min(row.len())];
-                        let logprobs = (job.outputs.token_logprobs
-                            && values == RowValues::Logprobs)
-                            .then(|| row.iter().map(|&v| f64::from(v)).collect());
-                        let hidden = out.hidden.as_ref().and_then(|h| h.get(r)).cloned();
-                        self.rows[j][target.item] = Some(ItemRow {
-                            scores: finish_row(row, values, job.apply_softmax, job.temperature),
-                            logprobs,
-                            hidden: hidden.filter(|_| job.outputs.pooled_hidden_states),
-                        });
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(error = %format!("{err:#}"), "forward pass failed");
-                    for target in &pass.rows {
-                        self.fail(map[target.job], &err);
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> Vec<Result<ScoreOutput, String>> {
-        self.jobs
-            .iter()
-            .zip(self.rows)
-            .zip(self.failed)
-            .map(|((job, rows), failed)| match failed {
-                Some(err) => Err(err),
-                None => {
-                    let rows = rows
-                        .into_iter()
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| "an item was not scored".to_string())?;
-                    output(job, rows)
-                }
-            })
-            .collect()
-    }
-}
-
-/// A job's output from its items' rows; every output it asked for must be there.
-fn output(job: &ScoreJob, rows: Vec<ItemRow>) -> Result<ScoreOutput, String> {
-    let mut out = ScoreOutput::empty(job.outputs);
-    out.prompt_tokens = job.prompt_tokens();
-    for row in rows {
-        out.scores.push(row.scores);
-        if let Some(all) = &mut out.token_logprobs {
-            all.push(
-                row.logprobs
-                    .ok_or("token log-probabilities were not computed")?,
-            );
-        }
-        if let Some(all) = &mut out.pooled_hidden_states {
-            all.push(row.hidden.ok_or("hidden states were not computed")?);
-        }
-    }
-    Ok(out)
-}
-
-/// Scores jobs with as few forward passes as the batch limit allows. Jobs sharing a long enough
-/// prefix are coalesced: the prefix's keys/values come from the prefix cache (or are computed
-/// once and cached), and the jobs' remaining tokens run as passes that attend them.
-fn run_jobs(
-    model: &Model,
-    cfg: &EngineConfig,
-    cache: &mut PrefixCache,
-    jobs: &[ScoreJob],
-) -> Vec<Result<ScoreOutput, String>> {
-    let mut out = Outcomes::new(jobs);
-    // One group of passes per kind of pass the jobs need, in the order of first appearance.
-    let mut groups: Vec<(PassKind, Vec<usize>)> = Vec::new();
-    for (j, job) in jobs.iter().enumerate() {
-        let kind = PassKind::of(job);
-        match groups.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, members)) => members.push(j),
-            None => groups.push((kind, vec![j])),
-        }
-    }
-    for (kind, group) in groups {
-        let refs: Vec<&ScoreJob> = group.iter().map(|&j| &jobs[j]).collect();
-        let coalesce = cfg.packing == Packing::SharedPrefix && cfg.prefix_min_tokens > 0;
-        let (prefix_groups, mut plain) = if coalesce {
-            group_by_prefix(&refs, cfg.prefix_min_tokens)
-        } else {
-            (Vec::new(), (0..refs.len()).collect())
-        };
-        for pg in prefix_groups {
-            // Without a cache a lone job gains nothing from a separate prefix pass.
-            if cache.capacity() == 0 && pg.jobs.len() < 2 {
-                plain.extend(pg.jobs);
-                continue;
-            }
-            let map: Vec<usize> = pg.jobs.iter().map(|&j| group[j]).collect();
-            run_prefix_group(model, cfg, cache, &pg, &map, kind, &mut out);
-        }
-        plain.sort_unstable();
-        let plain_refs: Vec<&ScoreJob> = plain.iter().map(|&j| refs[j]).collect();
-        let map: Vec<usize> = plain.iter().map(|&j| group[j]).collect();
-        let passes = plan(&plain_refs, cfg.packing, cfg.max_batch_tokens);
-        out.run_passes(model, passes, &map, kind, None);
-    }
-    out.finish()
-}
-
-/// One coalesced group: find or compute the prefix's keys/values, then run every job's tokens
-/// after the cached part as passes attending it.
-fn run_prefix_group(
-    model: &Model,
-    cfg: &EngineConfig,
-    cache: &mut PrefixCache,
-    pg: &PrefixGroup,
-    map: &[usize],
-    kind: PassKind,
-    out: &mut Outcomes<'_>,
-) {
-    let want = pg.prefix.len();
-    let found = cache.lookup(&pg.prefix);
-    let (kv, len) = match found {
-        Some((shared, kv)) if shared == want => {
-            cache.record(want, 0);
-            (kv, want)
-        }
-        // A cached entry covers part of the prefix: use it when recomputing the rest in every
-        // job costs less than computing the whole prefix again.
-        Some((shared, kv))
-            if shared >= cfg.prefix_min_tokens && (want - shared) * pg.jobs.len() <= want =>
-        {
-            cache.record(shared, want - shared);
-            (kv, shared)
-        }
-        _ => match model.prefix_kv(&pg.prefix) {
-            Ok(kv) => {
-                cache.record(0, want);
-                let kv = std::rc::Rc::new(kv);
-                cache.insert(&pg.prefix, kv.clone());
-                (kv, want)
-            }
-            Err(err) => {
-                tracing::error!(error = %format!("{err:#}"), "prefix pass failed");
-                for &j in map {
-                    out.fail(j, &err);
-                }
-                return;
-            }
-        },
-    };
-    let rest: Vec<ScoreJob> = map
-        .iter()
-        .map(|&j| {
-            let job = &out.jobs[j];
-            ScoreJob {
-                prompts: job.prompts.iter().map(|p| p[len..].to_vec()).collect(),
-                labels: job.labels.clone(),
-                apply_softmax: job.apply_softmax,
-                temperature: job.temperature,
-                outputs: job.outputs,
-            }
-        })
-        .collect();
-    let refs: Vec<&ScoreJob> = rest.iter().collect();
-    let passes = plan_at(&refs, cfg.packing, cfg.max_batch_tokens, len);
-    out.run_passes(model, passes, map, kind, Some((&kv, len)));
 }
