@@ -67,6 +67,9 @@ pub struct Args {
     /// the prefill-efficiency scenario.
     #[arg(long, value_delimiter = ',')]
     pub prefill: Vec<usize>,
+    /// Run only the --prefill scenarios (not the items x labels x query grid).
+    #[arg(long = "only-prefill")]
+    pub only_prefill: bool,
     /// Timed requests per scenario.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,

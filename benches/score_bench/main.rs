@@ -195,7 +195,12 @@ fn main() -> Result<()> {
 
 fn build_scenarios(args: &Args, workload: &Workload) -> Result<Vec<Scenario>> {
     let mut out = Vec::new();
-    for &q in &args.query_tokens {
+    let grid = if args.only_prefill {
+        &[][..]
+    } else {
+        &args.query_tokens[..]
+    };
+    for &q in grid {
         for &n in &args.items {
             for &l in &args.labels {
                 if l > workload.max_labels() {

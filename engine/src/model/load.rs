@@ -26,7 +26,7 @@ use super::params::{Dims, HostData, ParamSpec, host_param, param_specs};
 use super::{DEFAULT_MAX_TOKENS, DType, LayerLayout, LoadOptions, Model, ModelStats};
 
 /// Bumped whenever `params.rs` changes what a parameter holds, so old cache files miss.
-const PARAM_FORMAT: u32 = 1;
+const PARAM_FORMAT: u32 = 2;
 
 impl Model {
     /// Uploads `weights` to `device` once, in the default [`LayerLayout`].

@@ -127,9 +127,9 @@ impl LayerParams {
 }
 
 impl Ctx<'_> {
-    /// `x [.., K] @ w^T` for `w [N, K]` (HF orientation), `x` cast to the matrix type right
-    /// before the dot; f32 accumulation and result. With `--dtype bf16-storage` bf16 weights
-    /// are widened here instead (`mat` is f32).
+    /// `x [.., K] @ w` for `w [K, N]` (projections are stored `[in, out]`, see `params.rs`),
+    /// `x` cast to the matrix type right before the dot; f32 accumulation and result. With
+    /// `--dtype bf16-storage` bf16 weights are widened here instead (`mat` is f32).
     fn matmul(&self, b: &mut FuncBuilder, x: &Value, w: &Value) -> HloResult<Value> {
         let xc = b.convert(x, self.mat);
         let wc = b.convert(w, self.mat);
@@ -137,7 +137,7 @@ impl Ctx<'_> {
         b.dot_general(
             &xc,
             &wc,
-            &DotDims::contract(&[last], &[1]),
+            &DotDims::contract(&[last], &[0]),
             ElemType::F32,
             self.precision,
         )
