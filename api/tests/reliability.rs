@@ -369,8 +369,8 @@ async fn twice_capacity_is_refused_not_absorbed() {
     let h = Arc::new(h);
 
     // Capacity: the rate jobs finish while the service is saturated (async jobs offered every
-    // 50 ms for 8 s, far more than it takes; the excess is refused), from the first submission
-    // to the last completion. Measured twice: the first round compiles the batch shapes that
+    // 5 ms for 8 s, far more than it takes — a tiny SmolLM2 job takes about 15 ms of engine
+    // time here; the excess is refused), from the first submission to the last completion. Measured twice: the first round compiles the batch shapes that
     // saturation produces, which would otherwise count as slowness.
     let mut capacity = 0.0;
     for _ in 0..2 {
@@ -385,7 +385,7 @@ async fn twice_capacity_is_refused_not_absorbed() {
                 StatusCode::TOO_MANY_REQUESTS => {}
                 other => panic!("{other}: {body}"),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for id in &saturating {
             let job = h.wait_terminal(id).await;

@@ -177,6 +177,8 @@ fn main() -> Result<()> {
             "prefill_chunk_tokens": args.prefill_chunk_tokens,
             "layout": format!("{:?}", args.layout),
             "dense_gflop_per_token": flops::dense_flops_per_token(engine.model_config()) / 1e9,
+            "head_gflop_per_position": 2.0 * (engine.model_config().hidden_size
+                * engine.model_config().vocab_size) as f64 / 1e9,
             "ceiling_start": ceiling_start,
             "ceiling_end": ceiling_end,
             "ceiling_gflops": ceiling_gflops,

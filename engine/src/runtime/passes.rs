@@ -5,7 +5,7 @@
 
 use scorer_protocol::{ScoreJob, ScoreOutput};
 
-use crate::coalesce::{PrefixGroup, group_by_prefix};
+use crate::coalesce::{PrefixGroup, group_by_prefix, shareable_prefix};
 use crate::model::{HeadVariant, Model, PrefixKv};
 use crate::packing::{Packing, Pass, plan, plan_at};
 use crate::prefix_cache::PrefixCache;
@@ -174,12 +174,13 @@ pub(super) fn run_jobs(
             (Vec::new(), (0..refs.len()).collect())
         };
         for pg in prefix_groups {
-            // Without a cache a lone job gains nothing from a separate prefix pass (unless its
-            // prompts need a chunked prefill anyway).
-            let fit = pg
-                .jobs
-                .iter()
-                .all(|&j| fits_one_pass(refs[j], cfg.max_batch_tokens));
+            // Without a cache a lone job gains nothing from a separate prefix pass, unless it
+            // needs several passes (its shared prefix would be computed in each) or a chunked
+            // prefill.
+            let fit = pg.jobs.iter().all(|&j| {
+                fits_one_pass(refs[j], cfg.max_batch_tokens)
+                    && packed_len(refs[j]) <= cfg.max_batch_tokens
+            });
             if cache.capacity() == 0 && pg.jobs.len() < 2 && fit {
                 plain.extend(pg.jobs);
                 continue;
@@ -202,6 +203,12 @@ pub(super) fn run_jobs(
         out.run_passes(model, passes, &map, kind, None);
     }
     out.finish()
+}
+
+/// Tokens of one pass holding all of `job` with its shared prefix once.
+fn packed_len(job: &ScoreJob) -> usize {
+    let shared = shareable_prefix(job).len();
+    shared + job.prompts.iter().map(|p| p.len() - shared).sum::<usize>()
 }
 
 /// One coalesced group: find or compute the prefix's keys/values, then run every job's tokens
