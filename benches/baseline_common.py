@@ -1,4 +1,5 @@
-"""What the peer baselines (hf_baseline.py, llamacpp_baseline.py) report alike."""
+"""What the peer baselines (hf_baseline.py, llamacpp_baseline.py) report alike, and the helpers of
+the tables that compare them (compare.py, peers.py). Standard library only."""
 
 import math
 import statistics
@@ -23,3 +24,14 @@ def summarize(latencies_s: list[float], items: int, prompt_tokens: int) -> dict:
         "items_per_s": items * len(ms) / total,
         "prompt_tokens_per_s": prompt_tokens * len(ms) / total,
     }
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def max_diff(a, b):
+    """Largest absolute difference between two score matrices (None when they do not match)."""
+    if not a or not b or len(a) != len(b):
+        return None
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))

@@ -8,15 +8,7 @@ Usage: python3 benches/compare.py ours.json hf.json
 import json
 import sys
 
-
-def fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
-
-
-def max_diff(a, b):
-    if not a or not b or len(a) != len(b):
-        return None
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+from baseline_common import fmt, max_diff
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ Usage: python3 benches/peers.py --ours a.json [b.json ...] [--hf hf.json] [--lla
 import argparse
 import json
 
+from baseline_common import fmt, max_diff
+
 
 def load(paths):
     out = {}
@@ -20,16 +22,6 @@ def load(paths):
         for s in json.load(open(p))["scenarios"]:
             out[s["name"]] = s
     return out
-
-
-def fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
-
-
-def max_diff(a, b):
-    if not a or not b or len(a) != len(b):
-        return None
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
 
 def main() -> None:
@@ -57,7 +49,7 @@ def main() -> None:
 
             ha, hb, la, lb = rate(h, "a"), rate(h, "b"), rate(l, "a"), rate(l, "b")
             ref = next((e[m]["scores"] for e, m in [(h, "a"), (l, "a"), (l, "b")] if m in e), None)
-            print(f"| {s['name']} | {s['needed_tokens']} | {s['computed_tokens']:.0f} | {ips:.2f} | {p50:.0f} "
+            print(f"| {s['name']} | {s['needed_tokens']} | {s['padded_tokens']:.0f} | {ips:.2f} | {p50:.0f} "
                   f"| {fmt(ha, '.3f')} | {fmt(hb, '.3f')} | {fmt(la, '.3f')} | {fmt(lb, '.3f')} "
                   f"| {fmt(ips / ha if ha else None, '.1f')} | {fmt(ips / lb if lb else None, '.2f')} "
                   f"| {ceiling:.0f} | {1000 * limit_s:.0f} | {100 * limit_s * 1000 / p50:.0f}% "

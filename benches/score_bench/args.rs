@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use scorer_engine::model::LayerLayout;
+use scorer_engine::model::{DType, LayerLayout};
 use scorer_engine::packing::Packing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +93,9 @@ pub struct Args {
     /// (unrolled, one parameter per layer).
     #[arg(long, value_enum, default_value_t = LayoutArg::Stacked)]
     pub layout: LayoutArg,
+    /// Precision: f32, bf16 or bf16-storage (as `scorer --dtype`).
+    #[arg(long, default_value = "f32", value_parser = |s: &str| DType::parse(s).map_err(|e| e.to_string()))]
+    pub dtype: DType,
     /// Timed runs of the matmul-ceiling program (median reported), at the start and at the end.
     #[arg(long = "ceiling-runs", default_value_t = 5)]
     pub ceiling_runs: usize,
