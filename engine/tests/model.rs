@@ -394,6 +394,43 @@ fn per_layer_layout_matches_reference() {
 }
 
 #[test]
+fn row_blocked_attention_matches_reference() {
+    // Passes of 315 and 631 tokens (buckets 320, 640) run their attention in 2 and 4 causal row
+    // blocks; a shared query with items puts segment boundaries inside and across the blocks,
+    // and the cached variant adds prefix columns in front of every block.
+    for (arch, seed) in [(&QWEN_LIKE, 31), (&LLAMA_LIKE, 32)] {
+        let w = tiny_weights(arch, seed);
+        let model = Model::load(client(), &w, DType::F32, 0).unwrap();
+        let mut r = Rng(seed);
+        for (query, items) in [(200, 12), (400, 24)] {
+            let q = ids(&mut r, query);
+            let items: Vec<Vec<u32>> = (0..items).map(|i| ids(&mut r, 5 + i % 11)).collect();
+            let batch = packed_batch(&q, &items, &[1, 2, 3]);
+            assert!(batch.tokens.len() > 256, "{} tokens", batch.tokens.len());
+            let want = reference(&w, &batch, HeadVariant::FullLogprobs);
+            let got = model.run(&batch, HeadVariant::FullLogprobs).unwrap();
+            assert_rows_close(&got, &want, 1e-4, "row-blocked attention");
+            // The query as a cached prefix, the items after it.
+            let kv = model.prefix_kv(&q).unwrap();
+            let rest = packed_batch(&[], &items, &[1, 2, 3]);
+            let rest = PackedBatch {
+                positions: rest.positions.iter().map(|p| p + query as i32).collect(),
+                ..rest
+            };
+            let got = model
+                .run_cached(&rest, HeadVariant::FullLogprobs, &kv, query)
+                .unwrap();
+            assert_rows_close(
+                &got,
+                &want,
+                1e-4,
+                "row-blocked attention over a cached prefix",
+            );
+        }
+    }
+}
+
+#[test]
 fn long_positions_match_reference() {
     // RoPE angles up to ~1000 rad exercise the device's cos/sin range reduction.
     let w = tiny_weights(&QWEN_LIKE, 3);

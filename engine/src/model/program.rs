@@ -16,7 +16,8 @@
 //! first `cache_len` cached columns, which hold the keys and values of positions
 //! `0..cache_len` (a prefix computed by an earlier pass); in a sliding-window layer only keys
 //! at model positions `> p - window` (see `attention.rs`). Matmuls run over all `T` tokens at
-//! once and attention is `[heads, T, C + T]` with the mask applied by `select`.
+//! once; attention is `[heads, T, C + T]` with the mask applied by `select`, computed in causal
+//! row blocks that leave out the columns no row of a block can see (`attention::attend`).
 //!
 //! The block is read from the architecture descriptor in [`Dims`] (norm kind, activation,
 //! QK-norm, sandwich norms, attention scale and soft-caps, per-layer attention kind), never from
@@ -26,7 +27,7 @@ use anyhow::{Context, Result};
 
 use crate::hlo::{DotDims, ElemType, FuncBuilder, HloError, Precision, TensorType, Value};
 
-use super::attention::{self, AttnInputs, BatchInputs};
+use super::attention::{self, AttnInputs, AttnShape, BatchInputs};
 use super::params::{Dims, LayerLayout, Slot, layer_slots, param_specs};
 use super::{DType, HeadVariant};
 
@@ -62,10 +63,6 @@ pub(crate) struct ProgramSpec {
 /// Whether `--dtype bf16` also feeds the attention dots bf16 (q, k, probabilities, v), as a
 /// GPU's fused attention does.
 const BF16_ATTENTION_DOTS: bool = true;
-
-/// Masked attention scores get this instead of -inf, so a fully masked
-/// (padding) row stays finite: its probabilities then multiply zeros, never NaN.
-const MASKED: f64 = -1e30;
 
 fn missing(what: impl std::fmt::Debug) -> HloError {
     HloError::Invalid {
@@ -236,7 +233,6 @@ impl Ctx<'_> {
         let d = self.d;
         let t = self.tokens;
         let (hd, nh, nkv) = (d.head_dim, d.heads, d.kv_heads);
-        let g = nh / nkv;
 
         // Attention block.
         let hn = self.rms_norm(b, x, &w.attn_norm)?;
@@ -258,12 +254,6 @@ impl Ctx<'_> {
         };
         let q = self.rope(b, &q, cos, sin)?;
         let k = self.rope(b, &k, cos, sin)?;
-        // Query heads grouped by the KV head they share (HF repeat_kv order):
-        // [T, nkv, g, hd] -> [nkv, g*T, hd], so GQA is one batched matmul
-        // without materialising repeated K/V.
-        let q = b.reshape(&q, &[t, nkv, g, hd])?;
-        let q = b.transpose(&q, &[1, 2, 0, 3])?;
-        let q = b.reshape(&q, &[nkv, g * t, hd])?;
         let k = b.transpose(&k, &[1, 0, 2])?;
         let v = b.transpose(&v, &[1, 0, 2])?;
         // Cached prefix columns first: the mask's column order.
@@ -271,36 +261,17 @@ impl Ctx<'_> {
             Some((ck, cv)) => (b.concatenate(&[ck, &k], 1)?, b.concatenate(&[cv, &v], 1)?),
             None => (k.clone(), v.clone()),
         };
-        let kv_len = k_all.dims()[1];
-        let qc = b.convert(&q, self.attn_mat);
-        let kc = b.convert(&k_all, self.attn_mat);
-        let scores = b.dot_general(
-            &qc,
-            &kc,
-            &DotDims::batched(&[0], &[0], &[2], &[2]),
-            ElemType::F32,
-            self.precision,
-        )?;
-        let scores = b.mul_const(&scores, f32::from_bits(d.attn_scale_bits) as f64)?;
-        let scores = b.reshape(&scores, &[nkv, g, t, kv_len])?;
-        let mask4 = b.broadcast_in_dim(mask, &[nkv, g, t, kv_len], &[2, 3])?;
-        let neg = b.scalar(ElemType::F32, MASKED);
-        let neg = b.broadcast_in_dim(&neg, &[nkv, g, t, kv_len], &[])?;
-        let scores = b.select(&mask4, &scores, &neg)?;
-        let probs = b.softmax_last(&scores)?;
-        let probs = b.reshape(&probs, &[nkv, g * t, kv_len])?;
-        let pc = b.convert(&probs, self.attn_mat);
-        let vc = b.convert(&v_all, self.attn_mat);
-        let ctxv = b.dot_general(
-            &pc,
-            &vc,
-            &DotDims::batched(&[0], &[0], &[2], &[1]),
-            ElemType::F32,
-            self.precision,
-        )?;
-        let ctxv = b.reshape(&ctxv, &[nkv, g, t, hd])?;
-        let ctxv = b.transpose(&ctxv, &[2, 0, 1, 3])?;
-        let ctxv = b.reshape(&ctxv, &[t, nh * hd])?;
+        let shape = AttnShape {
+            tokens: t,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            cache: k_all.dims()[1] - t,
+            scale: f32::from_bits(d.attn_scale_bits) as f64,
+            mat: self.attn_mat,
+            precision: self.precision,
+        };
+        let ctxv = attention::attend(b, &shape, &q, &k_all, &v_all, mask)?;
         let mut o = self.matmul(b, &ctxv, &w.wo)?;
         if let Some(n) = &w.post_attn_norm {
             o = self.rms_norm(b, &o, n)?;
