@@ -395,14 +395,14 @@ fn per_layer_layout_matches_reference() {
 
 #[test]
 fn row_blocked_attention_matches_reference() {
-    // Passes of 315 and 631 tokens (buckets 320, 640) run their attention in 2 and 4 causal row
-    // blocks; a shared query with items puts segment boundaries inside and across the blocks,
-    // and the cached variant adds prefix columns in front of every block.
+    // Passes of 315, 631 and 1,000 tokens (buckets 320, 640, 1,024) run their attention in 1, 4
+    // and 8 causal row blocks; a shared query with items puts segment boundaries inside and
+    // across the blocks, and the cached variant adds prefix columns in front of every block.
     for (arch, seed) in [(&QWEN_LIKE, 31), (&LLAMA_LIKE, 32)] {
         let w = tiny_weights(arch, seed);
         let model = Model::load(client(), &w, DType::F32, 0).unwrap();
         let mut r = Rng(seed);
-        for (query, items) in [(200, 12), (400, 24)] {
+        for (query, items) in [(200, 12), (400, 24), (600, 40)] {
             let q = ids(&mut r, query);
             let items: Vec<Vec<u32>> = (0..items).map(|i| ids(&mut r, 5 + i % 11)).collect();
             let batch = packed_batch(&q, &items, &[1, 2, 3]);
