@@ -370,8 +370,9 @@ async fn twice_capacity_is_refused_not_absorbed() {
 
     // Capacity: the rate jobs finish while the service is saturated (async jobs offered every
     // 5 ms for 8 s, far more than it takes — a tiny SmolLM2 job takes about 15 ms of engine
-    // time here; the excess is refused), from the first submission to the last completion. Measured twice: the first round compiles the batch shapes that
-    // saturation produces, which would otherwise count as slowness.
+    // time here; the excess is refused), from the first submission to the last completion.
+    // Measured twice: the first round compiles the batch shapes that saturation produces,
+    // which would otherwise count as slowness.
     let mut capacity = 0.0;
     for _ in 0..2 {
         let started = Instant::now();

@@ -89,9 +89,9 @@ pub struct Args {
     #[arg(long = "prefill-chunk-tokens",
         default_value_t = scorer_engine::runtime::DEFAULT_PREFILL_CHUNK_TOKENS)]
     pub prefill_chunk_tokens: usize,
-    /// Weight layout of the program: stacked (one `while` over stacked weights) or per-layer
-    /// (unrolled, one parameter per layer).
-    #[arg(long, value_enum, default_value_t = LayoutArg::Stacked)]
+    /// Weight layout of the program: per-layer (unrolled, one parameter per layer: the engine's
+    /// default) or stacked (one `while` over stacked weights).
+    #[arg(long, value_enum, default_value_t = LayoutArg::PerLayer)]
     pub layout: LayoutArg,
     /// Precision: f32, bf16 or bf16-storage (as `scorer --dtype`).
     #[arg(long, default_value = "f32", value_parser = |s: &str| DType::parse(s).map_err(|e| e.to_string()))]

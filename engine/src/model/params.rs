@@ -1,11 +1,13 @@
 //! How host weights become the program's parameters: which tensors, in what
 //! order, shape, element type and layout.
 //!
-//! Per-layer tensors are stacked into `[layers, ...]` so one `stablehlo.while`
-//! body can select layer `i` with `dynamic_slice` (compile time independent of
-//! depth). Projections are stored `[in, out]` (transposed from HF's `[out, in]` once, when
-//! the parameters are built: a warm start maps them from the weight cache as they are): the
-//! CPU plugin's dot packs the weight operand on every call, and with the contracted dimension
+//! Per-layer tensors are one parameter per layer (the unrolled default), or, in the stacked
+//! layout, stacked into `[layers, ...]` so one `stablehlo.while` body can select layer `i`
+//! with `dynamic_slice` (compile time independent of depth).
+//!
+//! Projections are stored `[in, out]` (transposed from HF's `[out, in]` once, when the
+//! parameters are built: a warm start maps them from the weight cache as they are): the CPU
+//! plugin's dot packs the weight operand on every call, and with the contracted dimension
 //! leading that packing reads contiguous memory — 1.5× faster for a 64-token pass, 1.1× at 256
 //! tokens, the same at 2,048 (docs/BENCHMARKS.md). They are fused where they share an input:
 //! q|k|v columns into one matrix, gate|up into another, so each is one large matmul over all
@@ -180,7 +182,7 @@ pub(crate) enum Slot {
     PostFfnNorm,
     /// `[layers, hidden, 2 ffn]`: gate columns then up columns.
     Wgu,
-    /// `[layers, hidden, ffn]`.
+    /// `[layers, ffn, hidden]`.
     Wdown,
 }
 
