@@ -10,7 +10,7 @@ use scorer::roles;
 use scorer::{fetch, home};
 use scorer_api::{AuthMode, ServiceConfig};
 use scorer_engine::frontend::Frontend;
-use scorer_engine::model::DType;
+use scorer_engine::model::{Attention, DType};
 use scorer_engine::pjrt::DeviceSelection;
 use scorer_engine::rerank_template::RerankTemplateChoice;
 use scorer_engine::runtime::{Engine, EngineConfig};
@@ -133,6 +133,10 @@ struct EngineArgs {
     /// GPUs/TPUs); bf16-storage (bf16 weights, f32 compute — half the memory on a CPU).
     #[arg(long, env = "SCORER_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
+    /// Attention: tiled (default: where a pass is a shared query with short items, each row
+    /// attends the query and its own tile only) or row-blocks (every earlier column, masked).
+    #[arg(long, env = "SCORER_ATTENTION", default_value = "tiled", value_parser = parse_attention)]
+    attention: Attention,
     /// Which of the plugin's devices holds the weights (`scorer worker --devices` for several).
     #[arg(long, env = "SCORER_DEVICE", default_value_t = 0)]
     device: usize,
@@ -461,6 +465,10 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_attention(s: &str) -> Result<Attention, String> {
+    Attention::parse(s).map_err(|e| e.to_string())
+}
+
 impl EngineArgs {
     /// The engine's configuration; `device`: the PJRT plugin is resolved too (a role that runs
     /// the model), else `--pjrt-plugin` is not looked at.
@@ -480,6 +488,7 @@ impl EngineArgs {
             options.push_flag(flag)?;
         }
         cfg.dtype = self.dtype;
+        cfg.attention = self.attention;
         cfg.device = self.device;
         cfg.limits = Limits {
             max_items: self.max_items,

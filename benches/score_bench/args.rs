@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use scorer_engine::model::{DType, LayerLayout};
+use scorer_engine::model::{Attention, DType, LayerLayout};
 use scorer_engine::packing::Packing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +93,9 @@ pub struct Args {
     /// default) or stacked (one `while` over stacked weights).
     #[arg(long, value_enum, default_value_t = LayoutArg::PerLayer)]
     pub layout: LayoutArg,
+    /// Attention: tiled (the engine's default) or row-blocks (as `scorer --attention`).
+    #[arg(long, default_value = "tiled", value_parser = |s: &str| Attention::parse(s).map_err(|e| e.to_string()))]
+    pub attention: Attention,
     /// Precision: f32, bf16 or bf16-storage (as `scorer --dtype`).
     #[arg(long, default_value = "f32", value_parser = |s: &str| DType::parse(s).map_err(|e| e.to_string()))]
     pub dtype: DType,

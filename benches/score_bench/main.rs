@@ -176,6 +176,7 @@ fn main() -> Result<()> {
             "max_batch_tokens": args.max_batch_tokens,
             "prefill_chunk_tokens": args.prefill_chunk_tokens,
             "layout": format!("{:?}", args.layout),
+            "attention": format!("{:?}", args.attention),
             "dtype": args.dtype.as_str(),
             "dense_gflop_per_token": flops::dense_flops_per_token(engine.model_config()) / 1e9,
             "head_gflop_per_position": 2.0 * (engine.model_config().hidden_size
@@ -229,6 +230,7 @@ fn engine_config(args: &Args, cache: Option<&Path>) -> EngineConfig {
     cfg.max_batch_tokens = args.max_batch_tokens;
     cfg.prefill_chunk_tokens = args.prefill_chunk_tokens;
     cfg.layout = args.layout.into();
+    cfg.attention = args.attention;
     cfg.dtype = args.dtype;
     cfg.compile_cache = cache.map(Path::to_path_buf);
     // Start-up is measured with the weight cache of the service (`scorer serve`): the cold start

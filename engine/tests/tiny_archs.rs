@@ -19,23 +19,12 @@ use std::time::Instant;
 use scorer_engine::coalesce::shareable_prefix;
 use scorer_engine::model::{HeadRows, HeadVariant, LayerLayout, LoadOptions, Model};
 use scorer_engine::packing::{Packing, Pass, plan, plan_at};
-use scorer_engine::pjrt::{Client, Plugin, default_plugin_path};
 use scorer_engine::weights::{self, ModelWeights};
 use scorer_protocol::{Outputs, ScoreJob};
+use scorer_testkit::tiny::client;
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
-
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            let plugin =
-                Plugin::load(&default_plugin_path()).expect("CPU PJRT plugin (run `scorer fetch`)");
-            Client::new(&plugin).expect("PJRT client")
-        })
-        .clone()
-}
 
 fn goldens_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/goldens")

@@ -5,22 +5,10 @@
 //! directory with an untied head, a tied SentencePiece GGUF) and the real CPU plugin.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use scorer_engine::model::{DType, HeadVariant, LoadOptions, Model, PackedBatch};
-use scorer_engine::pjrt::{Client, Plugin, default_plugin_path};
 use scorer_engine::weights;
-
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            let plugin =
-                Plugin::load(&default_plugin_path()).expect("CPU PJRT plugin (run `scorer fetch`)");
-            Client::new(&plugin).expect("PJRT client")
-        })
-        .clone()
-}
+use scorer_testkit::tiny::client;
 
 fn goldens(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod process;
 pub mod proxy;
 pub mod service;
+pub mod tiny;
 
 /// The worker types a service test builds by hand (the API crate does not depend on the worker).
 pub use scorer_worker::{Worker, WorkerConfig, WorkerError};

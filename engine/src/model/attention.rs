@@ -18,6 +18,7 @@
 use crate::hlo::{Cmp, DotDims, ElemType, FuncBuilder, Precision, TensorType, Value};
 
 use super::params::AttnVariant;
+use super::tiles::{self, TileMasks, Tiling};
 
 type HloResult<T> = crate::hlo::Result<T>;
 
@@ -29,6 +30,8 @@ pub(crate) struct AttnInputs {
     /// `[T, head_dim]` each.
     pub cos: Value,
     pub sin: Value,
+    /// A tiled pass's masks (built from `mask`), which [`attend`] then uses instead.
+    pub tiles: Option<TileMasks>,
 }
 
 /// The batch-level values every variant derives from.
@@ -40,6 +43,8 @@ pub(crate) struct BatchInputs<'a> {
     pub prefix: &'a Value,
     /// `(columns, cache_len)` of a cached prefix.
     pub cache: Option<(i64, &'a Value)>,
+    /// The pass's tiling, if it is tiled (`tiles.rs`).
+    pub tiling: Option<Tiling>,
 }
 
 /// The causal + segment mask without a window, `[T, C + T]` or `[T, T]`.
@@ -52,13 +57,7 @@ fn base_mask(b: &mut FuncBuilder, x: &BatchInputs<'_>) -> HloResult<Value> {
     let row = b.iota(TensorType::i32(&tt), 0)?;
     let col = b.iota(TensorType::i32(&tt), 1)?;
     let causal = b.compare(&col, &row, Cmp::Le)?;
-    let same = b.compare(&seg_k, &seg_q, Cmp::Eq)?;
-    let in_prefix = b.compare(&seg_k, &pre_q, Cmp::Eq)?;
-    let pad = b.splat(TensorType::i32(&tt), -1.0);
-    let real = b.compare(&seg_k, &pad, Cmp::Ne)?;
-    let visible = b.or(&same, &in_prefix)?;
-    let mask = b.and(&causal, &visible)?;
-    let mask = b.and(&mask, &real)?;
+    let mask = visible(b, &causal, &seg_q, &pre_q, &seg_k)?;
     // With a cache, [T, C] columns in front: real tokens see the first cache_len of them.
     match x.cache {
         Some((c, cache_len)) => {
@@ -76,26 +75,52 @@ fn base_mask(b: &mut FuncBuilder, x: &BatchInputs<'_>) -> HloResult<Value> {
     }
 }
 
+/// The visibility rule on broadcast operands of one shape: `causal`, the key is a real token
+/// (segment not -1), and its segment is the query's or the query's prefix segment.
+pub(crate) fn visible(
+    b: &mut FuncBuilder,
+    causal: &Value,
+    seg_q: &Value,
+    pre_q: &Value,
+    seg_k: &Value,
+) -> HloResult<Value> {
+    let same = b.compare(seg_k, seg_q, Cmp::Eq)?;
+    let in_prefix = b.compare(seg_k, pre_q, Cmp::Eq)?;
+    let pad = b.splat(TensorType::i32(seg_k.dims()), -1.0);
+    let real = b.compare(seg_k, &pad, Cmp::Ne)?;
+    let seen = b.or(&same, &in_prefix)?;
+    let mask = b.and(causal, &seen)?;
+    b.and(&mask, &real)
+}
+
+/// `pos_q - pos_k < window` on broadcast operands of one shape.
+pub(crate) fn near(
+    b: &mut FuncBuilder,
+    pos_q: &Value,
+    pos_k: &Value,
+    window: i64,
+) -> HloResult<Value> {
+    let dist = b.sub(pos_q, pos_k)?;
+    let w = b.splat(TensorType::i32(dist.dims()), window as f64);
+    b.compare(&dist, &w, Cmp::Lt)
+}
+
 /// `pos_q - pos_k < window` over the mask's columns (cached column `c` is position `c`).
 fn window_mask(b: &mut FuncBuilder, x: &BatchInputs<'_>, window: i64) -> HloResult<Value> {
     let t = x.tokens;
     let tt = [t, t];
     let pos_q = b.broadcast_in_dim(x.positions, &tt, &[0])?;
     let pos_k = b.broadcast_in_dim(x.positions, &tt, &[1])?;
-    let dist = b.sub(&pos_q, &pos_k)?;
-    let w = b.splat(TensorType::i32(&tt), window as f64);
-    let near = b.compare(&dist, &w, Cmp::Lt)?;
+    let batch = near(b, &pos_q, &pos_k, window)?;
     match x.cache {
         Some((c, _)) => {
             let tc = [t, c];
             let ccol = b.iota(TensorType::i32(&tc), 1)?;
             let pos_qc = b.broadcast_in_dim(x.positions, &tc, &[0])?;
-            let dist = b.sub(&pos_qc, &ccol)?;
-            let w = b.splat(TensorType::i32(&tc), window as f64);
-            let cnear = b.compare(&dist, &w, Cmp::Lt)?;
-            b.concatenate(&[&cnear, &near], 1)
+            let cached = near(b, &pos_qc, &ccol, window)?;
+            b.concatenate(&[&cached, &batch], 1)
         }
-        None => Ok(near),
+        None => Ok(batch),
     }
 }
 
@@ -142,7 +167,16 @@ pub(crate) fn build(
                 None => base.clone(),
             };
             let (cos, sin) = rope_tables(b, x, v)?;
-            Ok(AttnInputs { mask, cos, sin })
+            let tiles = match x.tiling {
+                Some(t) => Some(tiles::masks(b, x, &mask, v.window, t)?),
+                None => None,
+            };
+            Ok(AttnInputs {
+                mask,
+                cos,
+                sin,
+                tiles,
+            })
         })
         .collect()
 }
@@ -176,6 +210,7 @@ pub(crate) fn select_for_layer(
             mask: b.select(&pick, &v.mask, &chosen.mask)?,
             cos: b.select(&pick, &v.cos, &chosen.cos)?,
             sin: b.select(&pick, &v.sin, &chosen.sin)?,
+            tiles: None,
         };
     }
     Ok(chosen)
@@ -183,7 +218,7 @@ pub(crate) fn select_for_layer(
 
 /// Masked attention scores get this instead of -inf, so a fully masked
 /// (padding) row stays finite: its probabilities then multiply zeros, never NaN.
-const MASKED: f64 = -1e30;
+pub(crate) const MASKED: f64 = -1e30;
 
 /// Row blocks are at least this many rows (fewer, larger dots below it).
 const MIN_BLOCK_ROWS: i64 = 128;
@@ -206,7 +241,7 @@ pub(crate) struct AttnShape {
 /// How many row blocks a pass of `t` tokens is split into: 8 or 4 blocks of at least
 /// [`MIN_BLOCK_ROWS`] rows that divide `t`, else 1. Two blocks (a quarter of the entries
 /// saved) measured slower than one here: the slices and the concatenation cost more.
-fn row_blocks(t: i64) -> i64 {
+pub(crate) fn row_blocks(t: i64) -> i64 {
     [8, 4]
         .into_iter()
         .find(|&n| t % n == 0 && t / n >= MIN_BLOCK_ROWS)
@@ -214,22 +249,44 @@ fn row_blocks(t: i64) -> i64 {
 }
 
 /// Scaled dot-product attention of `q [T, heads, hd]` (after RoPE) over `k_all`, `v_all`
-/// `[kv_heads, C + T, hd]` (cached columns first) under `mask [T, C + T]`; returns
+/// `[kv_heads, C + T, hd]` (cached columns first) under `attn`'s mask `[T, C + T]`; returns
 /// `[T, heads · hd]`. Query heads are grouped by the KV head they share (HF `repeat_kv` order:
 /// `[kv_heads, g, T, hd]`), so GQA is one batched matmul without materialising repeated K/V.
-/// Computed in row blocks (see the module doc): exact, the columns left out are masked anyway.
+/// A tiled pass goes to `tiles::attend_tiled`; otherwise causal row blocks (see the module doc).
 pub(crate) fn attend(
     b: &mut FuncBuilder,
     s: &AttnShape,
     q: &Value,
     k_all: &Value,
     v_all: &Value,
-    mask: &Value,
+    attn: &AttnInputs,
 ) -> HloResult<Value> {
-    let (t, nh, nkv, hd, c) = (s.tokens, s.heads, s.kv_heads, s.head_dim, s.cache);
+    if let Some(m) = &attn.tiles {
+        return tiles::attend_tiled(b, s, q, k_all, v_all, m);
+    }
+    let (t, nh, nkv, hd) = (s.tokens, s.heads, s.kv_heads, s.head_dim);
     let g = nh / nkv;
     let q = b.reshape(q, &[t, nkv, g, hd])?;
     let q = b.transpose(&q, &[1, 2, 0, 3])?;
+    let ctxv = attend_rows(b, s, &q, k_all, v_all, &attn.mask, s.cache)?;
+    let ctxv = b.transpose(&ctxv, &[2, 0, 1, 3])?;
+    b.reshape(&ctxv, &[t, nh * hd])
+}
+
+/// The rows of `q [kv_heads, g, rows, hd]` over `k`, `v` `[kv_heads, cache + rows, hd]` under
+/// `mask [rows, cache + rows]`, causal in row order, in row blocks; returns
+/// `[kv_heads, g, rows, hd]`. Exact: the columns a block leaves out are masked anyway.
+pub(crate) fn attend_rows(
+    b: &mut FuncBuilder,
+    s: &AttnShape,
+    q: &Value,
+    k: &Value,
+    v: &Value,
+    mask: &Value,
+    cache: i64,
+) -> HloResult<Value> {
+    let (nkv, g, t, hd) = (q.dims()[0], q.dims()[1], q.dims()[2], q.dims()[3]);
+    let c = cache;
     let blocks = row_blocks(t);
     let rows = t / blocks;
     let mut outs = Vec::with_capacity(blocks as usize);
@@ -238,12 +295,12 @@ pub(crate) fn attend(
         // What the block's rows can see: the cached columns and the batch up to its last row.
         let cols = c + r1;
         let (qi, ki, vi, mi) = if blocks == 1 {
-            (q.clone(), k_all.clone(), v_all.clone(), mask.clone())
+            (q.clone(), k.clone(), v.clone(), mask.clone())
         } else {
             (
-                b.slice(&q, &[0, 0, r0, 0], &[nkv, g, r1, hd])?,
-                b.slice(k_all, &[0, 0, 0], &[nkv, cols, hd])?,
-                b.slice(v_all, &[0, 0, 0], &[nkv, cols, hd])?,
+                b.slice(q, &[0, 0, r0, 0], &[nkv, g, r1, hd])?,
+                b.slice(k, &[0, 0, 0], &[nkv, cols, hd])?,
+                b.slice(v, &[0, 0, 0], &[nkv, cols, hd])?,
                 b.slice(mask, &[r0, 0], &[r1, cols])?,
             )
         };
@@ -277,15 +334,13 @@ pub(crate) fn attend(
         )?;
         outs.push(b.reshape(&out, &[nkv, g, rows, hd])?);
     }
-    let ctxv = match outs.len() {
-        1 => outs.swap_remove(0),
+    match outs.len() {
+        1 => Ok(outs.swap_remove(0)),
         _ => {
             let refs: Vec<&Value> = outs.iter().collect();
-            b.concatenate(&refs, 2)?
+            b.concatenate(&refs, 2)
         }
-    };
-    let ctxv = b.transpose(&ctxv, &[2, 0, 1, 3])?;
-    b.reshape(&ctxv, &[t, nh * hd])
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ impl Model {
                 dtype,
                 device,
                 layout: LayerLayout::default(),
+                attention: Default::default(),
             },
         )
     }
@@ -210,6 +211,7 @@ impl Model {
             config,
             dtype: opts.dtype,
             layout: opts.layout,
+            attention: opts.attention,
             dims,
             weights,
             max_tokens: DEFAULT_MAX_TOKENS,

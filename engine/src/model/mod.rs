@@ -13,6 +13,7 @@ mod load;
 mod params;
 mod program;
 mod store;
+mod tiles;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,6 +121,8 @@ pub struct ModelStats {
     /// Executables loaded from the [`ExecutableStore`] instead of compiled.
     pub store_hits: u64,
     pub forward_passes: u64,
+    /// Forward passes whose attention was tiled (`Attention::Tiled`).
+    pub tiled_passes: u64,
     /// Runs of the prefix key/value program (prefixes computed for the prefix cache).
     pub prefix_passes: u64,
     /// Prefix tokens served from cached keys/values instead of being computed.
@@ -141,6 +144,27 @@ pub struct ModelStats {
     pub weight_bytes: u64,
 }
 
+/// How a pass computes its attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Attention {
+    /// Tiled where the batch allows it and it saves work (a shared query, short items: each
+    /// row over the query and its own tile), else causal row blocks. Per-layer layout only.
+    #[default]
+    Tiled,
+    /// Causal row blocks over every earlier column (the mask does the rest).
+    RowBlocks,
+}
+
+impl Attention {
+    pub fn parse(s: &str) -> Result<Attention> {
+        match s {
+            "tiled" => Ok(Attention::Tiled),
+            "row-blocks" => Ok(Attention::RowBlocks),
+            other => bail!("unknown attention {other:?} (expected tiled or row-blocks)"),
+        }
+    }
+}
+
 /// How [`Model::load_with`] places the weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -148,6 +172,7 @@ pub struct LoadOptions {
     /// Which of the client's addressable devices holds the weights and runs the programs.
     pub device: usize,
     pub layout: LayerLayout,
+    pub attention: Attention,
 }
 
 /// The largest token bucket unless [`Model::set_max_tokens`] says otherwise.
@@ -160,6 +185,7 @@ pub struct Model {
     config: ModelConfig,
     dtype: DType,
     layout: LayerLayout,
+    attention: Attention,
     dims: Dims,
     weights: Vec<Buffer>,
     max_tokens: usize,
@@ -205,6 +231,14 @@ impl Model {
         self.layout
     }
 
+    pub fn set_attention(&mut self, attention: Attention) {
+        self.attention = attention;
+    }
+
+    pub fn attention(&self) -> Attention {
+        self.attention
+    }
+
     pub fn device(&self) -> usize {
         self.device
     }
@@ -239,6 +273,7 @@ impl Model {
             kind: ProgramKind::Score,
             cache: 0,
             pooled: false,
+            tiling: None,
         })
     }
 
@@ -539,6 +574,9 @@ impl Model {
         if let Some((prefix, _)) = cache {
             spec.cache = prefix.columns as i64;
         }
+        if self.attention == Attention::Tiled && self.layout == LayerLayout::PerLayer {
+            spec.tiling = tiles::choose(batch, spec.tokens, spec.cache);
+        }
         let (tb, sb, lb) = (
             spec.tokens as usize,
             spec.scores as usize,
@@ -589,6 +627,7 @@ impl Model {
         );
         self.bump(|st| {
             st.forward_passes += 1;
+            st.tiled_passes += u64::from(spec.tiling.is_some());
             st.tokens_computed += tb as u64;
             st.tokens_real += n as u64;
             st.scored_positions += s as u64;

@@ -17,7 +17,8 @@
 //! `0..cache_len` (a prefix computed by an earlier pass); in a sliding-window layer only keys
 //! at model positions `> p - window` (see `attention.rs`). Matmuls run over all `T` tokens at
 //! once; attention is `[heads, T, C + T]` with the mask applied by `select`, computed in causal
-//! row blocks that leave out the columns no row of a block can see (`attention::attend`).
+//! row blocks that leave out the columns no row of a block can see (`attention::attend`), or —
+//! in a tiled program — per tile of rows over the shared columns and a window (`tiles.rs`).
 //!
 //! The block is read from the architecture descriptor in [`Dims`] (norm kind, activation,
 //! QK-norm, sandwich norms, attention scale and soft-caps, per-layer attention kind), never from
@@ -29,6 +30,7 @@ use crate::hlo::{DotDims, ElemType, FuncBuilder, HloError, Precision, TensorType
 
 use super::attention::{self, AttnInputs, AttnShape, BatchInputs};
 use super::params::{Dims, LayerLayout, Slot, layer_slots, param_specs};
+use super::tiles::Tiling;
 use super::{DType, HeadVariant};
 
 type HloResult<T> = crate::hlo::Result<T>;
@@ -58,6 +60,8 @@ pub(crate) struct ProgramSpec {
     /// A [`ProgramKind::Score`] program also returns the final-norm hidden states at the scored
     /// positions, `f32[S, H]` (SGLang's `return_pooled_hidden_states`).
     pub pooled: bool,
+    /// Tiled attention (`tiles.rs`); per-layer layout only.
+    pub tiling: Option<Tiling>,
 }
 
 /// Whether `--dtype bf16` also feeds the attention dots bf16 (q, k, probabilities, v), as a
@@ -229,7 +233,7 @@ impl Ctx<'_> {
         w: &LayerParams,
         cache: Option<(&Value, &Value)>,
     ) -> HloResult<(Value, Value, Value)> {
-        let (mask, cos, sin) = (&attn.mask, &attn.cos, &attn.sin);
+        let (cos, sin) = (&attn.cos, &attn.sin);
         let d = self.d;
         let t = self.tokens;
         let (hd, nh, nkv) = (d.head_dim, d.heads, d.kv_heads);
@@ -271,7 +275,7 @@ impl Ctx<'_> {
             mat: self.attn_mat,
             precision: self.precision,
         };
-        let ctxv = attention::attend(b, &shape, &q, &k_all, &v_all, mask)?;
+        let ctxv = attention::attend(b, &shape, &q, &k_all, &v_all, attn)?;
         let mut o = self.matmul(b, &ctxv, &w.wo)?;
         if let Some(n) = &w.post_attn_norm {
             o = self.rms_norm(b, &o, n)?;
@@ -318,6 +322,12 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
         precision,
         tokens: t,
     };
+    if spec.tiling.is_some() && spec.layout != LayerLayout::PerLayer {
+        return Err(HloError::Invalid {
+            op: "prefill",
+            msg: "tiled attention needs the per-layer layout".into(),
+        });
+    }
     let mut b = FuncBuilder::new();
 
     let mut weights: Vec<(Slot, Option<usize>, Value)> = Vec::new();
@@ -377,6 +387,7 @@ fn build(spec: &ProgramSpec) -> HloResult<String> {
             segment: &segment,
             prefix: &prefix,
             cache: cache.as_ref().map(|(_, _, len)| (c, len)),
+            tiling: spec.tiling,
         },
         &d.variants,
     )?;
@@ -552,6 +563,7 @@ impl Carry {
                 mask: next()?,
                 cos: next()?,
                 sin: next()?,
+                tiles: None,
             });
         }
         let cache = match self.cache {

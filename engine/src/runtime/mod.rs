@@ -26,7 +26,7 @@ mod long;
 mod passes;
 
 use crate::chat_template::ChatTemplate;
-use crate::model::{DType, DirStore, LayerLayout, LoadOptions, Model, ModelStats};
+use crate::model::{Attention, DType, DirStore, LayerLayout, LoadOptions, Model, ModelStats};
 use crate::packing::Packing;
 use crate::pjrt::{Client, ClientOptions, DeviceSelection, Plugin};
 use crate::prefix_cache::PrefixCache;
@@ -50,6 +50,8 @@ pub struct EngineConfig {
     /// How per-layer weights reach the program (stacked under one `while` loop, or one
     /// parameter per layer in an unrolled program).
     pub layout: LayerLayout,
+    /// How passes compute attention (`--attention`): tiled where it saves work, or row blocks.
+    pub attention: Attention,
     /// Which of the plugin's addressable devices holds the weights ([`Engine::load`];
     /// [`Engine::load_devices`] takes a selection instead).
     pub device: usize,
@@ -92,6 +94,7 @@ impl EngineConfig {
             client_options: ClientOptions::default(),
             dtype: DType::F32,
             layout: LayerLayout::default(),
+            attention: Attention::default(),
             device: 0,
             limits: Limits::default(),
             packing: Packing::default(),
@@ -351,6 +354,7 @@ fn start_device(cfg: &EngineConfig, client: Client, device: usize) -> Result<Mod
         dtype: cfg.dtype,
         device,
         layout: cfg.layout,
+        attention: cfg.attention,
     };
     let mut model = Model::load_path(client, &cfg.model_path, opts, cfg.weight_cache.as_deref())
         .context("placing the weights on the device")?;
