@@ -335,7 +335,8 @@ impl Model {
                     s.compile_ms_total += ms;
                 });
                 tracing::info!(tokens = spec.tokens, scores = spec.scores, labels = spec.labels,
-                    head = ?spec.head, dtype = spec.dtype.as_str(), compile_ms = ms, "compiled prefill program");
+                    head = ?spec.head, dtype = spec.dtype.as_str(), tiling = ?spec.tiling,
+                    compile_ms = ms, "compiled prefill program");
                 if let (Some(store), Some(key)) = (&self.store, &key) {
                     match exe.serialize() {
                         Ok(bytes) => {
@@ -575,7 +576,12 @@ impl Model {
             spec.cache = prefix.columns as i64;
         }
         if self.attention == Attention::Tiled && self.layout == LayerLayout::PerLayer {
-            spec.tiling = tiles::choose(batch, spec.tokens, spec.cache);
+            let compiled = |tiling: Option<tiles::Tiling>| {
+                let mut s = spec.clone();
+                s.tiling = tiling;
+                self.cache.lock().is_ok_and(|c| c.contains_key(&s))
+            };
+            spec.tiling = tiles::choose(batch, spec.tokens, spec.cache, compiled);
         }
         let (tb, sb, lb) = (
             spec.tokens as usize,

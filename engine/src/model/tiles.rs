@@ -92,13 +92,26 @@ fn fits(batch: &PackedBatch, tiling: Tiling) -> bool {
     true
 }
 
-/// The cheapest tiling of `batch` padded to `tokens` rows after `cache` cached columns that is
-/// exact for it, or `None` when the row blocks are about as cheap.
-pub(crate) fn choose(batch: &PackedBatch, tokens: i64, cache: i64) -> Option<Tiling> {
+/// A program already compiled wins over a cheaper one not yet compiled when it computes at most
+/// this factor of the cheapest one's score entries: compiling a new shape takes seconds on a CPU,
+/// a few percent of one pass's attention does not.
+const COMPILED_SLACK: f64 = 1.25;
+
+/// The tiling for `batch`, padded to `tokens` rows after `cache` cached columns: the cheapest one
+/// that is exact for it, or `None` (the row blocks) when none saves enough. `compiled` says
+/// whether the program of a choice is compiled already; among the choices within
+/// [`COMPILED_SLACK`] of the cheapest, the cheapest compiled one is taken.
+pub(crate) fn choose(
+    batch: &PackedBatch,
+    tokens: i64,
+    cache: i64,
+    compiled: impl Fn(Option<Tiling>) -> bool,
+) -> Option<Tiling> {
     if tokens < MIN_TOKENS {
         return None;
     }
-    let limit = row_block_cost(tokens, cache) as f64 * MAX_COST_RATIO;
+    let blocks = row_block_cost(tokens, cache);
+    let limit = blocks as f64 * MAX_COST_RATIO;
     let mut candidates: Vec<(i64, Tiling)> = (0..tokens)
         .step_by(SHARED_STEP as usize)
         .flat_map(|shared| WIDTHS.map(|width| Tiling { shared, width }))
@@ -110,10 +123,20 @@ pub(crate) fn choose(batch: &PackedBatch, tokens: i64, cache: i64) -> Option<Til
         .filter(|&(cost, _)| (cost as f64) <= limit)
         .collect();
     candidates.sort_by_key(|&(cost, t)| (cost, t.width, t.shared));
-    candidates
+    let mut fitting = candidates
         .into_iter()
-        .map(|(_, t)| t)
-        .find(|&t| fits(batch, t))
+        .filter(|&(_, t)| fits(batch, t))
+        .map(|(cost, t)| (cost, Some(t)))
+        .chain(std::iter::once((blocks, None)));
+    let (best_cost, best) = fitting.next()?;
+    if best.is_none() || compiled(best) {
+        return best;
+    }
+    let slack = best_cost as f64 * COMPILED_SLACK;
+    fitting
+        .take_while(|&(cost, _)| cost as f64 <= slack)
+        .find(|&(_, t)| compiled(t))
+        .map_or(best, |(_, t)| t)
 }
 
 /// A tiled pass's masks for one attention kind, built once per pass.
@@ -354,7 +377,7 @@ mod tests {
         // 200 + 16 × 22 = 552 tokens in a 576 bucket: the query's rows up to 224, then 32-row
         // tiles (at 192 the query's last 8 columns would fall out of the third tile's window).
         let b = batch(200, &[22; 16]);
-        let t = choose(&b, 576, 0).expect("tiled");
+        let t = choose(&b, 576, 0, |_| false).expect("tiled");
         assert_eq!(
             t,
             Tiling {
@@ -379,19 +402,19 @@ mod tests {
         for shared in (0..=288).step_by(32) {
             assert!(!fits(&b, Tiling { shared, width: 32 }), "{shared}");
         }
-        if let Some(t) = choose(&b, 576, 0) {
+        if let Some(t) = choose(&b, 576, 0, |_| false) {
             assert!(t.width >= 64, "{t:?}");
         }
         // Items as long as the pass: nothing to save.
-        assert_eq!(choose(&batch(64, &[400]), 512, 0), None);
+        assert_eq!(choose(&batch(64, &[400]), 512, 0, |_| false), None);
         // Small passes keep the row blocks.
-        assert_eq!(choose(&batch(100, &[10; 8]), 192, 0), None);
+        assert_eq!(choose(&batch(100, &[10; 8]), 192, 0, |_| false), None);
     }
 
     #[test]
     fn items_over_a_cached_prefix_start_at_row_zero() {
         let b = batch(0, &[20; 30]);
-        let t = choose(&b, 640, 1024).expect("tiled");
+        let t = choose(&b, 640, 1024, |_| false).expect("tiled");
         assert_eq!(t.shared, 0);
         assert!(fits(&b, t));
     }
@@ -417,7 +440,25 @@ mod tests {
                 }
             }
         }
-        assert_eq!(choose(&b, 576, 0), None);
+        assert_eq!(choose(&b, 576, 0, |_| false), None);
+    }
+
+    #[test]
+    fn a_compiled_program_within_the_slack_wins() {
+        let b = batch(200, &[22; 24]);
+        let best = choose(&b, 640, 0, |_| false).expect("tiled");
+        // The row blocks cost more than the slack allows: compiled or not, the tiling is taken.
+        assert_eq!(choose(&b, 640, 0, |t| t.is_none()), Some(best));
+        // A slightly costlier tiling that is compiled beats compiling the best one.
+        assert_eq!(best.shared, 224);
+        let wider = Tiling {
+            shared: best.shared + 32,
+            width: best.width,
+        };
+        assert!(fits(&b, wider));
+        assert!(tiled_cost(640, 0, wider) as f64 <= tiled_cost(640, 0, best) as f64 * 1.25);
+        assert_eq!(choose(&b, 640, 0, |t| t == Some(wider)), Some(wider));
+        assert_eq!(choose(&b, 640, 0, |t| t.is_some()), Some(best));
     }
 
     #[test]
