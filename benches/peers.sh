@@ -8,7 +8,8 @@
 #
 # Env: BENCH (a score_bench binary; default: built with cargo in the dev profile, whose
 # dependencies and engine are compiled at opt-level 3), PY_HF (python with torch, transformers,
-# gguf), PY_LLAMA (python with llama-cpp-python 0.3.36), OUT (results dir), SKIP_16K=1.
+# gguf), PY_LLAMA (python with llama-cpp-python 0.3.36), OUT (results dir), SKIP_16K=1,
+# ROW_BLOCKS=1 (the engine's grid and q1000 also with --attention row-blocks, after the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/bench/peers-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -35,6 +36,12 @@ LONG=(--only-prefill --prefill 16384)
 echo "== engine"
 "$BENCH" "${GRID[@]}" --iters 5 --no-start --json "$OUT/ours_grid.json" | tee "$OUT/ours_grid.txt"
 "$BENCH" "${BIG[@]}" --iters 3 --no-start --json "$OUT/ours_big.json" | tee "$OUT/ours_big.txt"
+if [ "${ROW_BLOCKS:-0}" = 1 ]; then
+    "$BENCH" "${GRID[@]}" --iters 5 --no-start --attention row-blocks --json "$OUT/ours_grid_rb.json" \
+        | tee "$OUT/ours_grid_rb.txt"
+    "$BENCH" "${BIG[@]}" --iters 3 --no-start --attention row-blocks --json "$OUT/ours_big_rb.json" \
+        | tee "$OUT/ours_big_rb.txt"
+fi
 if [ "${SKIP_16K:-0}" != 1 ]; then
     "$BENCH" "${LONG[@]}" --iters 1 --warmup 1 --ceiling-runs 3 --no-start --json "$OUT/ours_long.json" \
         | tee "$OUT/ours_long.txt"
