@@ -51,7 +51,10 @@ fn main() -> anyhow::Result<()> {
     tiled.set_max_tokens(2048);
     rb.set_max_tokens(2048);
     rb.set_attention(Attention::RowBlocks);
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
     let head = HeadVariant::FullLogprobs;
     let cases: Vec<(&str, usize, usize, usize, bool)> = vec![
         ("q50x16x22", 50, 16, 22, false),
