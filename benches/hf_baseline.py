@@ -9,6 +9,8 @@ Then log-softmax over the full vocabulary, pick the labels, softmax (apply_softm
 
 Usage: /tmp/hfvenv/bin/python benches/hf_baseline.py --inputs inputs.json --json hf.json \
            [--scenarios q200_i16_l2,prefill1024] [--methods a,b] [--iters-a 1] [--iters-b 2]
+Setup: python3 -m venv /tmp/hfvenv && /tmp/hfvenv/bin/pip install torch transformers gguf accelerate
+(transformers' GGUF loader refuses to run without accelerate).
 Not part of the serving path or of any test.
 """
 

@@ -8,7 +8,7 @@
 #
 # Env: BENCH (a score_bench binary; default: built with cargo in the dev profile, whose
 # dependencies and engine are compiled at opt-level 3), PY_HF (python with torch, transformers,
-# gguf), PY_LLAMA (python with llama-cpp-python 0.3.36), OUT (results dir), SKIP_16K=1,
+# gguf, accelerate), PY_LLAMA (python with llama-cpp-python 0.3.36), OUT (results dir), SKIP_16K=1,
 # ROW_BLOCKS=1 (the engine's grid and q1000 also with --attention row-blocks, after the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
