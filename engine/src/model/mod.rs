@@ -631,6 +631,12 @@ impl Model {
             lb,
             values.len()
         );
+        let attention = if spec.tiling.is_some() {
+            "tiled"
+        } else {
+            "row_blocks"
+        };
+        metrics::counter!("scorer_engine_passes_total", "attention" => attention).increment(1);
         self.bump(|st| {
             st.forward_passes += 1;
             st.tiled_passes += u64::from(spec.tiling.is_some());
